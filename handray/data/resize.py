@@ -1,0 +1,65 @@
+"""Fit an image into the model's padded square and map results back to the original pixels.
+
+Training, evaluation and inference all use these functions, so a box predicted on the padded
+square lands on exactly the original pixels. The image is scaled keeping its aspect ratio and
+placed at the top-left corner; `window` is the image's extent inside the square and `scale` the
+per-axis factor actually applied (after rounding the resized size to whole pixels).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def resize_scale(
+    height: tf.Tensor, width: tf.Tensor, image_size: int, min_dim: int = 0
+) -> tf.Tensor:
+    """The factor that fits an image into `image_size` squared.
+
+    With `min_dim` > 0 this is matterport's "square" mode: upscale (never downscale) so the short
+    side reaches `min_dim`, unless the long side would then exceed `image_size`.
+    """
+    height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    fit = image_size / tf.maximum(height, width)
+    if min_dim <= 0:
+        return fit
+    return tf.minimum(tf.maximum(1.0, min_dim / tf.minimum(height, width)), fit)
+
+
+def resized_shape(height: tf.Tensor, width: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """Whole-pixel [h, w] of an image scaled by `scale` (at least one pixel each)."""
+    size = tf.stack([tf.cast(height, tf.float32), tf.cast(width, tf.float32)]) * scale
+    return tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
+
+
+def resize_and_pad(
+    image: tf.Tensor, image_size: int, min_dim: int = 0
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Resize an [H, W, C] image into a zero-padded [S, S, C] float32 square.
+
+    Returns (padded image, window [y1, x1, y2, x2] int32, scale [sy, sx] float32).
+    """
+    shape = tf.shape(image)
+    scale = resize_scale(shape[0], shape[1], image_size, min_dim)
+    size = resized_shape(shape[0], shape[1], scale)
+    resized = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+    padded = tf.image.pad_to_bounding_box(resized, 0, 0, image_size, image_size)
+    window = tf.concat([[0, 0], size], axis=0)
+    return padded, window, tf.cast(size, tf.float32) / tf.cast(shape[:2], tf.float32)
+
+
+def boxes_to_original(boxes: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """Map [..., 4] boxes (y1, x1, y2, x2) from padded-square pixels back to original pixels."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    window = tf.cast(window, tf.float32)
+    offset = tf.stack([window[0], window[1], window[0], window[1]])
+    factor = tf.tile(tf.cast(scale, tf.float32), [2])
+    return (boxes - offset) / factor
+
+
+def boxes_to_padded(boxes: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """Inverse of `boxes_to_original`: original pixels to padded-square pixels."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    window = tf.cast(window, tf.float32)
+    offset = tf.stack([window[0], window[1], window[0], window[1]])
+    return boxes * tf.tile(tf.cast(scale, tf.float32), [2]) + offset

@@ -1,0 +1,59 @@
+"""Pictures a person looks at: instances drawn over images, and montages of several images."""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from handray.atomic import atomic_write
+
+
+def instance_colour(index: int) -> tuple[int, int, int]:
+    """A bright colour per instance index, well apart from its neighbours (golden-ratio hues)."""
+    hue = (index * 0.618034) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_instances(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    masks: np.ndarray,
+    labels: Sequence[str],
+    scores: Sequence[float] | None = None,
+    alpha: float = 0.45,
+) -> Image.Image:
+    """Overlay masks [N, H, W], boxes [N, 4] (y1, x1, y2, x2) and captions on an RGB image."""
+    canvas = np.asarray(image, np.float32).copy()
+    for index, mask in enumerate(np.asarray(masks, bool)):
+        colour = np.array(instance_colour(index), np.float32)
+        canvas[mask] = canvas[mask] * (1 - alpha) + colour * alpha
+    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for index, (y1, x1, y2, x2) in enumerate(np.asarray(boxes, np.float32).reshape(-1, 4)):
+        colour = instance_colour(index)
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=colour)
+        caption = labels[index] if scores is None else f"{labels[index]} {scores[index]:.2f}"
+        draw.text((x1 + 2, max(y1 - 11, 0)), caption, fill=colour)
+    return picture
+
+
+def save_montage(pictures: Sequence[Image.Image], path: str | Path, columns: int = 4) -> Path:
+    """Tile pictures into one PNG (cells sized to the largest picture), written atomically."""
+    if not pictures:
+        raise ValueError("no pictures to put in a montage")
+    cell_w = max(p.width for p in pictures)
+    cell_h = max(p.height for p in pictures)
+    columns = min(columns, len(pictures))
+    rows = -(-len(pictures) // columns)
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (32, 32, 32))
+    for index, picture in enumerate(pictures):
+        sheet.paste(picture, ((index % columns) * cell_w, (index // columns) * cell_h))
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        sheet.save(handle, format="PNG")
+    return path

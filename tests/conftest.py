@@ -1,0 +1,118 @@
+"""Shared test helpers: small COCO datasets written on the fly in every segmentation flavour."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+CATEGORIES = [{"id": 1, "name": "left_hand"}, {"id": 2, "name": "right_hand"}]
+
+
+def rectangle_mask(height: int, width: int, y1: int, x1: int, y2: int, x2: int) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[y1:y2, x1:x2] = 1
+    return mask
+
+
+def segmentation_of(mask: np.ndarray, flavour: str):
+    """The mask as COCO stores it: compressed RLE, uncompressed RLE or a polygon (rectangles)."""
+    if flavour == "rle":
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        return {"size": list(rle["size"]), "counts": rle["counts"].decode()}
+    if flavour == "uncompressed":
+        flat = mask.T.reshape(-1)
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        if flat[0]:
+            runs = [0, *runs]
+        return {"size": list(mask.shape), "counts": runs}
+    if flavour == "polygon":
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        y1, y2, x1, x2 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return [
+            [float(x1), float(y1), float(x2), float(y1), float(x2), float(y2), float(x1), float(y2)]
+        ]
+    raise ValueError(flavour)
+
+
+def write_dataset(
+    root: Path,
+    images: list[dict],
+    split: str = "train",
+    categories: list[dict] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a dataset folder: each image spec has height, width and a list of instances
+    (mask, category_id, iscrowd=0, flavour="rle"); pixels are random so resizing is visible."""
+    rng = np.random.default_rng(seed)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(exist_ok=True)
+    coco = {"images": [], "annotations": [], "categories": categories or CATEGORIES}
+    for image_id, spec in enumerate(images, start=1):
+        name = f"images/{split}_{image_id:03d}.png"
+        pixels = rng.integers(0, 256, (spec["height"], spec["width"], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / name)
+        coco["images"].append(
+            {"id": image_id, "file_name": name, "width": spec["width"], "height": spec["height"]}
+        )
+        for instance in spec.get("instances", []):
+            mask = instance["mask"]
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": instance["category_id"],
+                    "iscrowd": instance.get("iscrowd", 0),
+                    "segmentation": segmentation_of(mask, instance.get("flavour", "rle")),
+                    "area": int(mask.sum()),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                }
+            )
+    path = root / "annotations" / f"instances_{split}.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> Path:
+    """Three images of different shapes: non-square, with left, right and crowd hands."""
+    h1, w1 = 60, 100
+    h2, w2 = 90, 40
+    images = [
+        {
+            "height": h1,
+            "width": w1,
+            "instances": [
+                {"mask": rectangle_mask(h1, w1, 5, 10, 30, 40), "category_id": 1},
+                {
+                    "mask": rectangle_mask(h1, w1, 20, 60, 50, 95),
+                    "category_id": 2,
+                    "flavour": "polygon",
+                },
+            ],
+        },
+        {
+            "height": h2,
+            "width": w2,
+            "instances": [
+                {
+                    "mask": rectangle_mask(h2, w2, 50, 5, 80, 30),
+                    "category_id": 2,
+                    "flavour": "uncompressed",
+                },
+                {"mask": rectangle_mask(h2, w2, 2, 2, 5, 5), "category_id": 1, "iscrowd": 1},
+            ],
+        },
+        {"height": 64, "width": 64, "instances": []},
+    ]
+    write_dataset(tmp_path, images)
+    return tmp_path

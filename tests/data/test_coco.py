@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from handray.data.coco import load_dataset
+from handray.data.masks import decode_counts
+from handray.errors import DatasetError
+from tests.conftest import rectangle_mask, write_dataset
+
+
+def test_reader_decodes_polygons_rle_uncompressed_and_crowd_like_pycocotools(small_dataset):
+    dataset = load_dataset(small_dataset, "train")
+    reference = COCO(str(small_dataset / "annotations" / "instances_train.json"))
+    assert dataset.class_names == ("left_hand", "right_hand")
+    assert dataset.num_classes == 3
+    assert len(dataset) == 3
+    for record in dataset.images:
+        anns = reference.loadAnns(reference.getAnnIds(imgIds=[record.image_id]))
+        assert [a["category_id"] for a in anns] == record.class_ids.tolist()
+        assert [bool(a["iscrowd"]) for a in anns] == record.crowd.tolist()
+        for ann, runs in zip(anns, record.counts, strict=True):
+            expected = reference.annToMask(ann)
+            np.testing.assert_array_equal(
+                decode_counts(runs, record.height, record.width), expected
+            )
+        assert record.path.is_file()
+
+
+def test_category_ids_map_to_contiguous_class_ids(tmp_path):
+    categories = [{"id": 7, "name": "right_hand"}, {"id": 3, "name": "left_hand"}]
+    mask = rectangle_mask(20, 20, 2, 2, 10, 10)
+    write_dataset(
+        tmp_path,
+        [
+            {
+                "height": 20,
+                "width": 20,
+                "instances": [{"mask": mask, "category_id": 7}, {"mask": mask, "category_id": 3}],
+            }
+        ],
+        categories=categories,
+    )
+    dataset = load_dataset(tmp_path)
+    assert dataset.class_names == ("left_hand", "right_hand")
+    assert dataset.category_ids == (3, 7)
+    assert dataset.images[0].class_ids.tolist() == [2, 1]
+
+
+def _rewrite(path, change):
+    coco = json.loads(path.read_text())
+    change(coco)
+    path.write_text(json.dumps(coco))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["annotations"][0].update(image_id=99), "unknown image 99"),
+        (lambda c: c["annotations"][0].update(category_id=5), "unknown category 5"),
+        (lambda c: c.update(categories=[]), "category list is empty"),
+        (lambda c: c["images"][0].update(id="a1"), "is not an integer"),
+        (lambda c: c["annotations"][1].update(id=1), "annotation id 1 appears twice"),
+        (lambda c: c["images"][0].pop("width"), "has no valid width"),
+        (lambda c: c["annotations"][0].pop("segmentation"), "has no segmentation"),
+        (lambda c: c.pop("annotations"), "missing COCO section"),
+    ],
+)
+def test_inconsistent_annotations_are_named(small_dataset, change, message):
+    _rewrite(small_dataset / "annotations" / "instances_train.json", change)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(small_dataset)
+
+
+def test_missing_image_file_is_named(small_dataset):
+    (small_dataset / "images" / "train_002.png").unlink()
+    with pytest.raises(DatasetError, match="train_002.png"):
+        load_dataset(small_dataset)
+
+
+def test_truncated_json_and_missing_split_have_clear_errors(small_dataset):
+    path = small_dataset / "annotations" / "instances_train.json"
+    path.write_text(path.read_text()[:-40])
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        load_dataset(small_dataset)
+    with pytest.raises(DatasetError, match="instances_val.json is missing"):
+        load_dataset(small_dataset, "val")

@@ -1,0 +1,97 @@
+import pytest
+
+from handray.config import PRESETS, Config, dump_config, load_config, parse_overrides, save_config
+from handray.errors import ConfigError
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_validates_and_round_trips_through_yaml(preset, tmp_path):
+    config = load_config(preset)
+    assert config.preset == preset
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_presets_carry_the_documented_architectures():
+    r101, r50, tiny, old = (load_config(p) for p in ("hand-r101", "hand-r50", "tiny", "matterport"))
+    assert (r101.model.backbone, r101.data.image_size) == ("resnet101", 512)
+    assert (r50.model.backbone, r50.data.image_size) == ("resnet50", 512)
+    assert r101.model.rpn_anchor_scales == r50.model.rpn_anchor_scales == (16, 32, 64, 128, 256)
+    assert tiny.model.backbone == "tiny" and tiny.data.image_size <= 128
+    assert old.model.backbone == "resnet101"
+    assert (old.data.image_size, old.data.min_dim) == (1024, 800)
+    assert old.model.rpn_anchor_scales == (32, 64, 128, 256, 512)
+    assert old.model.num_classes == 2 and old.model.class_names == ("hand",)
+
+
+def test_overrides_from_the_command_line_are_typed():
+    overrides = parse_overrides(
+        [
+            "train.learning_rate=0.002",
+            "model.rpn_anchor_scales=[8, 16, 32, 64, 128]",
+            "train.train_bn=true",
+            "data.image_size=256",
+        ]
+    )
+    config = load_config("hand-r50", overrides)
+    assert config.train.learning_rate == 0.002
+    assert config.model.rpn_anchor_scales == (8, 16, 32, 64, 128)
+    assert config.train.train_bn is True
+    assert config.data.image_size == 256
+    assert isinstance(load_config("tiny", {"train.learning_rate": 1}).train.learning_rate, float)
+
+
+def test_yaml_file_may_start_from_a_preset_and_change_a_few_keys(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: tiny\ntrain:\n  epochs: 3\nmodel:\n  detection_max_instances: 5\n")
+    config = load_config(path, {"train.epochs": 4})
+    assert config.model.backbone == "tiny"
+    assert config.train.epochs == 4
+    assert config.model.detection_max_instances == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"train.learnin_rate": 0.1},
+            "unknown key 'train.learnin_rate'; did you mean 'learning_rate'",
+        ),
+        ({"trian.epochs": 1}, "unknown key 'trian'"),
+        ({"train.learning_rate": "fast"}, "train.learning_rate: expected float, got str"),
+        ({"train.epochs": 2.5}, "train.epochs: expected int"),
+        ({"train.train_bn": 1}, "train.train_bn: expected bool"),
+        ({"data.image_size": 500}, "data.image_size: must be a positive multiple of 64"),
+        ({"model.backbone": "vgg16"}, "model.backbone: 'vgg16' is not one of"),
+        ({"model.rpn_anchor_scales": [16, 32]}, "one scale per pyramid level"),
+        ({"model.num_classes": 4}, "model.class_names: has 2 names but model.num_classes=4"),
+        ({"model.mask_shape": [28]}, "model.mask_shape: expected 2 values"),
+        ({"data.scale_jitter": [1.2, 0.8]}, "data.scale_jitter: must be"),
+        ({"train.loss_weights": {"mask": 2.0}}, "unknown loss"),
+        ({"train.layers": "(("}, "nor a valid regular expression"),
+        ({"train.epochs.value": 1}, "train.epochs: expected int, got dict"),
+    ],
+)
+def test_bad_values_are_named_with_what_to_do(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config("hand-r101", overrides)
+
+
+def test_unknown_preset_or_file_and_bad_override_syntax():
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config("hand-r152")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["train.learning_rate"])
+
+
+def test_loss_weights_keep_unnamed_losses_at_one():
+    config = load_config("tiny", {"train.loss_weights": {"mrcnn_mask_loss": 2.0}})
+    assert config.train.loss_weights["mrcnn_mask_loss"] == 2.0
+    assert config.train.loss_weights["rpn_class_loss"] == 1.0
+
+
+def test_dump_is_plain_yaml_with_every_section():
+    text = dump_config(Config())
+    for section in ("data:", "model:", "train:", "serve:"):
+        assert f"\n{section}" in text
+    assert "!!python" not in text
