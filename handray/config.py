@@ -83,6 +83,7 @@ class ModelConfig:
     rpn_anchor_scales: tuple[int, ...] = (16, 32, 64, 128, 256)
     rpn_anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_anchor_stride: int = 1
+    rpn_channels: int = 512  # width of rpn_conv_shared
     rpn_nms_threshold: float = 0.7
     rpn_train_anchors_per_image: int = 256
     pre_nms_limit: int = 6000
@@ -94,6 +95,7 @@ class ModelConfig:
     mask_pool_size: int = 14
     mask_shape: tuple[int, int] = (28, 28)
     fc_layers_size: int = 1024
+    mask_head_channels: int = 256
     rpn_bbox_std_dev: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     bbox_std_dev: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     detection_max_instances: int = 20
@@ -155,6 +157,8 @@ class ModelConfig:
             "pool_size",
             "mask_pool_size",
             "fc_layers_size",
+            "rpn_channels",
+            "mask_head_channels",
             "detection_max_instances",
         ):
             _check(getattr(self, name) >= 1, f"model.{name}", "must be at least 1")
@@ -169,6 +173,7 @@ class TrainConfig:
     weight_decay: float = 0.0001
     gradient_clip_norm: float = 5.0
     train_bn: bool = False
+    bn_momentum: float = 0.99  # moving-statistics momentum of trained batch norm
     images_per_worker: int = 2
     epochs: int = 20
     steps_per_epoch: int = 1000
@@ -182,6 +187,7 @@ class TrainConfig:
         _check(0.0 <= self.momentum < 1.0, "train.momentum", "must be within [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.gradient_clip_norm > 0, "train.gradient_clip_norm", "must be positive")
+        _check(0.0 <= self.bn_momentum < 1.0, "train.bn_momentum", "must be within [0, 1)")
         for name in ("images_per_worker", "epochs", "steps_per_epoch", "validation_steps"):
             _check(getattr(self, name) >= 1, f"train.{name}", "must be at least 1")
         if self.layers not in LAYER_STAGES:
@@ -263,16 +269,19 @@ PRESETS: dict[str, dict[str, Any]] = {
             "post_nms_rois_inference": 128,
             "train_rois_per_image": 64,
             "fc_layers_size": 256,
+            "rpn_channels": 64,
+            "mask_head_channels": 64,
             "detection_min_confidence": 0.5,
         },
         "train": {
-            "learning_rate": 0.01,
+            "learning_rate": 0.02,
             "images_per_worker": 4,
             "epochs": 10,
             "steps_per_epoch": 50,
             "validation_steps": 10,
             "layers": "all",
             "train_bn": True,
+            "bn_momentum": 0.9,
         },
     },
     "matterport": {

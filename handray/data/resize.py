@@ -48,18 +48,24 @@ def resize_and_pad(
     return padded, window, tf.cast(size, tf.float32) / tf.cast(shape[:2], tf.float32)
 
 
-def boxes_to_original(boxes: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
-    """Map [..., 4] boxes (y1, x1, y2, x2) from padded-square pixels back to original pixels."""
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
+def _offset_and_factor(window: tf.Tensor, scale: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-coordinate offset and factor of [..., 4] windows and [..., 2] scales (broadcastable)."""
     window = tf.cast(window, tf.float32)
-    offset = tf.stack([window[0], window[1], window[0], window[1]])
-    factor = tf.tile(tf.cast(scale, tf.float32), [2])
-    return (boxes - offset) / factor
+    scale = tf.cast(scale, tf.float32)
+    offset = tf.stack([window[..., 0], window[..., 1], window[..., 0], window[..., 1]], axis=-1)
+    return offset, tf.concat([scale, scale], axis=-1)
+
+
+def boxes_to_original(boxes: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """Map [..., 4] boxes (y1, x1, y2, x2) from padded-square pixels back to original pixels.
+
+    `window` [..., 4] and `scale` [..., 2] broadcast against the boxes' leading dimensions.
+    """
+    offset, factor = _offset_and_factor(window, scale)
+    return (tf.convert_to_tensor(boxes, tf.float32) - offset) / factor
 
 
 def boxes_to_padded(boxes: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
     """Inverse of `boxes_to_original`: original pixels to padded-square pixels."""
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    window = tf.cast(window, tf.float32)
-    offset = tf.stack([window[0], window[1], window[0], window[1]])
-    return boxes * tf.tile(tf.cast(scale, tf.float32), [2]) + offset
+    offset, factor = _offset_and_factor(window, scale)
+    return tf.convert_to_tensor(boxes, tf.float32) * factor + offset

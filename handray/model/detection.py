@@ -1,0 +1,82 @@
+"""From head outputs to final detections, and from 28x28 masks to full-image masks.
+
+`refine_detections` keeps fixed shapes (XLA); `paste_masks` maps each box-relative mask onto the
+original image's pixel grid with two small interpolation matrices per detection, so pasting a
+whole batch is a pair of matrix products rather than a loop over boxes.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from handray.model.boxes import batched_nms, clip_boxes, decode_boxes
+
+
+def refine_detections(
+    rois: tf.Tensor,
+    roi_valid: tf.Tensor,
+    probs: tf.Tensor,
+    deltas: tf.Tensor,
+    windows: tf.Tensor,
+    *,
+    std_dev: tf.Tensor,
+    min_confidence: float,
+    nms_threshold: float,
+    max_instances: int,
+) -> dict[str, tf.Tensor]:
+    """Best class per ROI, its refined box, per-class NMS, at most `max_instances` per image.
+
+    rois [B, R, 4] and windows [B, 4] normalised, probs [B, R, K], deltas [B, R, K, 4].
+    Returns boxes [B, D, 4] (normalised), class_ids [B, D], scores [B, D], valid [B, D], best
+    first, zero-padded.
+    """
+    class_ids = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    scores = tf.reduce_max(probs, axis=-1)
+    chosen = tf.gather(deltas, class_ids, batch_dims=2)
+    boxes = clip_boxes(decode_boxes(rois, chosen, std_dev), windows)
+    keep = roi_valid & (class_ids > 0) & (scores >= min_confidence)
+    # One NMS for all classes: shifting each class to its own region keeps classes apart.
+    shifted = boxes + 2.0 * tf.cast(class_ids, boxes.dtype)[..., None]
+    index, valid = batched_nms(
+        shifted, tf.where(keep, scores, -1.0), max_instances, nms_threshold, score_threshold=-0.5
+    )
+    weight = tf.cast(valid, boxes.dtype)
+    return {
+        "boxes": tf.gather(boxes, index, batch_dims=1) * weight[..., None],
+        "class_ids": tf.where(valid, tf.gather(class_ids, index, batch_dims=1), 0),
+        "scores": tf.gather(scores, index, batch_dims=1) * weight,
+        "valid": valid,
+    }
+
+
+def _interpolation(start: tf.Tensor, end: tf.Tensor, length: tf.Tensor, cells: int) -> tf.Tensor:
+    """[B, D, length, cells] weights sampling a box-relative grid of `cells` at pixel centres.
+
+    Pixel centres outside [start, end) get no weight: the mask is empty outside its box.
+    """
+    centres = tf.cast(tf.range(length), tf.float32) + 0.5
+    start, end = start[..., None], end[..., None]
+    position = (centres - start) / tf.maximum(end - start, 1e-6) * cells - 0.5
+    position = tf.clip_by_value(position, 0.0, cells - 1.0)
+    low = tf.floor(position)
+    fraction = position - low
+    high = tf.minimum(low + 1.0, cells - 1.0)
+    weights = tf.one_hot(tf.cast(low, tf.int32), cells) * (1.0 - fraction)[..., None]
+    weights += tf.one_hot(tf.cast(high, tf.int32), cells) * fraction[..., None]
+    inside = (centres >= start) & (centres < end)
+    return weights * tf.cast(inside, tf.float32)[..., None]
+
+
+def paste_masks(
+    masks: tf.Tensor, boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor, threshold: float = 0.5
+) -> tf.Tensor:
+    """Box-relative mask probabilities [B, D, h, w] -> boolean masks [B, D, height, width].
+
+    boxes [B, D, 4] are in the target image's pixels (y1, x1, y2, x2, ends exclusive). A pixel
+    belongs to the mask when the bilinearly sampled probability at its centre is >= threshold.
+    """
+    rows = _interpolation(boxes[..., 0], boxes[..., 2], height, masks.shape[2])
+    cols = _interpolation(boxes[..., 1], boxes[..., 3], width, masks.shape[3])
+    sampled = tf.einsum("bdhi,bdij->bdhj", rows, tf.cast(masks, tf.float32))
+    sampled = tf.einsum("bdhj,bdwj->bdhw", sampled, cols)
+    return sampled >= threshold

@@ -1,0 +1,309 @@
+"""Mask R-CNN: backbone + FPN, RPN, proposals, ROI heads and detection in one Keras 3 model.
+
+The forward pass reads top to bottom in `_inference` and `train_step_losses`; the operations
+live in their own modules. Inputs are padded squares (see `handray.data.resize`); `detect` does
+the padding for a list of any-sized images and maps the results back to their pixels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from handray.config import Config
+from handray.data.resize import boxes_to_original, resize_and_pad
+from handray.model import losses
+from handray.model.anchors import generate_anchors
+from handray.model.backbone import build_backbone
+from handray.model.batchnorm import BatchNorm
+from handray.model.detection import paste_masks, refine_detections
+from handray.model.fpn import build_fpn
+from handray.model.heads import build_box_head, build_mask_head
+from handray.model.proposals import generate_proposals
+from handray.model.roi_align import pyramid_roi_align
+from handray.model.rpn import build_rpn_model, run_rpn
+from handray.model.targets import detection_targets, rpn_targets
+
+# The old tool's stage selections, as regular expressions over layer names.
+TRAINABLE_LAYERS = {
+    "heads": r"(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
+    "3+": r"(res[345].*)|(bn[345].*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
+    "4+": r"(res[45].*)|(bn[45].*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
+    "all": r".*",
+}
+
+
+class MaskRCNN(keras.Model):
+    """Hand Mask R-CNN. Use `build_model(config)`; `detect` for predictions, `train_step_losses`
+    inside a GradientTape for training."""
+
+    def __init__(self, config: Config, jit_compile: bool = True, **kwargs):
+        super().__init__(name="mask_rcnn", **kwargs)
+        self.config = config
+        model, size = config.model, config.data.image_size
+        norm = BatchNorm(config.train.train_bn, config.train.bn_momentum)
+        image = keras.Input((size, size, 3), name="input_image")
+        pyramid = build_fpn(build_backbone(image, model.backbone, norm), model.fpn_channels)
+        self.features = keras.Model(image, pyramid, name="resnet_fpn")
+        self.rpn = build_rpn_model(
+            len(model.rpn_anchor_ratios),
+            model.fpn_channels,
+            model.rpn_channels,
+            model.rpn_anchor_stride,
+        )
+        self.box_head = build_box_head(
+            model.pool_size, model.fpn_channels, model.fc_layers_size, model.num_classes, norm
+        )
+        self.mask_head = build_mask_head(
+            model.mask_pool_size,
+            model.fpn_channels,
+            model.mask_head_channels,
+            model.num_classes,
+            norm,
+        )
+        self.anchors = tf.constant(
+            generate_anchors(
+                size,
+                model.rpn_anchor_scales,
+                model.rpn_anchor_ratios,
+                model.backbone_strides,
+                model.rpn_anchor_stride,
+            )
+        )
+        self._mean_pixel = tf.constant(model.mean_pixel, tf.float32)
+        self._rpn_std = tf.constant(model.rpn_bbox_std_dev, tf.float32)
+        self._bbox_std = tf.constant(model.bbox_std_dev, tf.float32)
+        self.predict_padded = tf.function(self._inference, jit_compile=jit_compile)
+        self._paste = tf.function(paste_masks, reduce_retracing=True)
+        self.built = True
+
+    # ----- the forward passes -------------------------------------------------------------
+
+    def call(self, inputs: dict, training: bool = False) -> dict:
+        return self._inference(inputs["image"], inputs["window"])
+
+    def _inference(self, images: tf.Tensor, windows: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Padded images [B, S, S, 3] and windows [B, 4] (pixels) -> fixed-size detections.
+
+        Boxes come back normalised to the square; masks are [B, D, h, w] probabilities of each
+        detection's class, relative to its box.
+        """
+        model = self.config.model
+        windows = self._normalise(windows)
+        pyramid = self._pyramid(images, training=False)
+        _, rpn_probs, rpn_deltas = run_rpn(self.rpn, pyramid)
+        rois, roi_valid = generate_proposals(
+            rpn_probs[..., 1],
+            rpn_deltas,
+            self.anchors,
+            windows,
+            pre_nms_limit=model.pre_nms_limit,
+            count=model.post_nms_rois_inference,
+            nms_threshold=model.rpn_nms_threshold,
+            std_dev=self._rpn_std,
+        )
+        _, class_probs, deltas = self._classify(pyramid, rois, training=False)
+        detections = refine_detections(
+            rois,
+            roi_valid,
+            class_probs,
+            deltas,
+            windows,
+            std_dev=self._bbox_std,
+            min_confidence=model.detection_min_confidence,
+            nms_threshold=model.detection_nms_threshold,
+            max_instances=model.detection_max_instances,
+        )
+        masks = self._segment(pyramid, detections["boxes"], training=False)
+        masks = tf.gather(
+            tf.transpose(masks, [0, 1, 4, 2, 3]), detections["class_ids"], batch_dims=2
+        )
+        return {**detections, "masks": masks}
+
+    def train_step_losses(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """All losses of one training batch (from `handray.data.pipeline`), with their total."""
+        model, weights = self.config.model, self.config.train.loss_weights
+        windows = self._normalise(batch["window"])
+        gt_boxes = self._normalise(batch["gt_boxes"])
+        gt_class_ids, gt_crowd = batch["gt_class_ids"], batch["gt_crowd"]
+        pyramid = self._pyramid(batch["image"], training=True)
+        rpn_logits, rpn_probs, rpn_deltas = run_rpn(self.rpn, pyramid, training=True)
+        anchor_labels, anchor_deltas = rpn_targets(
+            self.anchors,
+            gt_boxes,
+            gt_class_ids,
+            gt_crowd,
+            model.rpn_train_anchors_per_image,
+            self._rpn_std,
+        )
+        proposals, proposal_valid = generate_proposals(
+            tf.stop_gradient(rpn_probs[..., 1]),
+            tf.stop_gradient(rpn_deltas),
+            self.anchors,
+            windows,
+            pre_nms_limit=model.pre_nms_limit,
+            count=model.post_nms_rois_training,
+            nms_threshold=model.rpn_nms_threshold,
+            std_dev=self._rpn_std,
+        )
+        targets = detection_targets(
+            proposals,
+            proposal_valid,
+            gt_boxes,
+            gt_class_ids,
+            gt_crowd,
+            batch["gt_masks"],
+            rois_per_image=model.train_rois_per_image,
+            positive_ratio=model.roi_positive_ratio,
+            std_dev=self._bbox_std,
+            mask_shape=model.mask_shape,
+            mini_mask=self.config.data.use_mini_mask,
+        )
+        class_logits, _, deltas = self._classify(pyramid, targets.rois, training=True)
+        slots = targets.positive_slots
+        masks = self._segment(pyramid, targets.rois[:, :slots], training=True)
+        values = {
+            "rpn_class_loss": losses.rpn_class_loss(anchor_labels, rpn_logits),
+            "rpn_bbox_loss": losses.rpn_bbox_loss(anchor_labels, anchor_deltas, rpn_deltas),
+            "mrcnn_class_loss": losses.head_class_loss(
+                targets.class_ids, targets.valid, class_logits
+            ),
+            "mrcnn_bbox_loss": losses.head_bbox_loss(
+                targets.class_ids, targets.positive, targets.deltas, deltas
+            ),
+            "mrcnn_mask_loss": losses.head_mask_loss(
+                targets.class_ids[:, :slots], targets.positive[:, :slots], targets.masks, masks
+            ),
+        }
+        values["weight_decay_loss"] = losses.weight_decay_loss(
+            self.trainable_variables, self.config.train.weight_decay
+        )
+        values["loss"] = values["weight_decay_loss"] + tf.add_n(
+            [weights[name] * value for name, value in values.items() if name in weights]
+        )
+        return values
+
+    def _normalise(self, pixels: tf.Tensor) -> tf.Tensor:
+        return tf.cast(pixels, tf.float32) / float(self.config.data.image_size)
+
+    def _pyramid(self, images: tf.Tensor, training: bool) -> list[tf.Tensor]:
+        return self.features(tf.cast(images, tf.float32) - self._mean_pixel, training=training)
+
+    def _classify(self, pyramid: list, rois: tf.Tensor, training: bool):
+        """Box head on ROIs [B, R, 4]: logits [B, R, K], probabilities, deltas [B, R, K, 4]."""
+        model = self.config.model
+        pooled = pyramid_roi_align(pyramid[:4], rois, model.pool_size, self.config.data.image_size)
+        flat = tf.reshape(pooled, [-1, *pooled.shape[2:]])
+        logits, probs, deltas = self.box_head(flat, training=training)
+        batch, count = tf.shape(rois)[0], tf.shape(rois)[1]
+        classes = model.num_classes
+        return (
+            tf.reshape(logits, [batch, count, classes]),
+            tf.reshape(probs, [batch, count, classes]),
+            tf.reshape(deltas, [batch, count, classes, 4]),
+        )
+
+    def _segment(self, pyramid: list, boxes: tf.Tensor, training: bool) -> tf.Tensor:
+        """Mask head on boxes [B, D, 4]: per-class mask probabilities [B, D, h, w, K]."""
+        model = self.config.model
+        pooled = pyramid_roi_align(
+            pyramid[:4], boxes, model.mask_pool_size, self.config.data.image_size
+        )
+        masks = self.mask_head(tf.reshape(pooled, [-1, *pooled.shape[2:]]), training=training)
+        return tf.reshape(masks, [tf.shape(boxes)[0], tf.shape(boxes)[1], *masks.shape[1:]])
+
+    # ----- predictions on ordinary images -------------------------------------------------
+
+    def detect(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Detections per image for uint8 RGB arrays of any sizes.
+
+        Each result has `rois` [N, 4] (y1, x1, y2, x2 in the image's pixels), `class_ids` [N],
+        `scores` [N] and `masks` [N, H, W] bool, best first.
+        """
+        if not images:
+            return []
+        size, data = self.config.data.image_size, self.config.data
+        prepared = [resize_and_pad(tf.convert_to_tensor(i), size, data.min_dim) for i in images]
+        padded = tf.stack([p[0] for p in prepared])
+        windows = tf.stack([p[1] for p in prepared])
+        scales = tf.stack([p[2] for p in prepared])
+        out = self.predict_padded(padded, windows)
+        boxes = boxes_to_original(
+            out["boxes"] * float(size), windows[:, None, :], scales[:, None, :]
+        )
+        heights = [int(i.shape[0]) for i in images]
+        widths = [int(i.shape[1]) for i in images]
+        masks = self._paste(
+            out["masks"],
+            boxes,
+            tf.constant(max(heights)),
+            tf.constant(max(widths)),
+            self.config.serve.mask_threshold,
+        ).numpy()
+        counts = tf.reduce_sum(tf.cast(out["valid"], tf.int32), axis=1).numpy()
+        results = []
+        for index, (count, height, width) in enumerate(zip(counts, heights, widths, strict=True)):
+            limits = np.array([height, width, height, width], np.float32)
+            rois = np.clip(boxes[index, :count].numpy(), 0, limits)
+            results.append(
+                {
+                    "rois": rois,
+                    "class_ids": out["class_ids"][index, :count].numpy(),
+                    "scores": out["scores"][index, :count].numpy(),
+                    "masks": masks[index, :count, :height, :width],
+                }
+            )
+        return results
+
+    # ----- layers -------------------------------------------------------------------------
+
+    def leaf_layers(self) -> Iterator[keras.layers.Layer]:
+        """Every layer that is not itself a model, through the nested sub-models."""
+
+        def walk(layer):
+            if isinstance(layer, keras.Model):
+                for inner in layer.layers:
+                    yield from walk(inner)
+            else:
+                yield layer
+
+        for sub_model in (self.features, self.rpn, self.box_head, self.mask_head):
+            yield from walk(sub_model)
+
+    def get_layer(self, name: str | None = None, index: int | None = None):
+        """Find a layer by name anywhere in the model, nested sub-models included."""
+        if name is not None:
+            for layer in (
+                *self.leaf_layers(),
+                self.features,
+                self.rpn,
+                self.box_head,
+                self.mask_head,
+            ):
+                if layer.name == name:
+                    return layer
+        return super().get_layer(name=name, index=index)
+
+    def set_trainable(self, selection: str) -> list[str]:
+        """Train only the layers a stage name (`heads`, `3+`, `4+`, `5+`, `all`) or a regular
+        expression selects; returns the names of the weighted layers left trainable."""
+        pattern = re.compile(TRAINABLE_LAYERS.get(selection, selection))
+        trainable = []
+        for layer in self.leaf_layers():
+            if layer.weights:
+                layer.trainable = bool(pattern.fullmatch(layer.name))
+                if layer.trainable:
+                    trainable.append(layer.name)
+        return trainable
+
+
+def build_model(config: Config, jit_compile: bool = True) -> MaskRCNN:
+    """A Mask R-CNN for `config` with random weights and `train.layers` selected for training."""
+    model = MaskRCNN(config, jit_compile=jit_compile)
+    model.set_trainable(config.train.layers)
+    return model

@@ -1,0 +1,1 @@
+"""Training: the per-worker step and loop, Ray Train, Ray Tune."""

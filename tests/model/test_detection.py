@@ -1,0 +1,78 @@
+import numpy as np
+import tensorflow as tf
+
+from handray.model.boxes import box_iou
+from handray.model.detection import paste_masks, refine_detections
+
+STD = tf.constant([0.1, 0.1, 0.2, 0.2])
+
+
+def numpy_nms(boxes, scores, threshold):
+    order = list(np.argsort(-scores))
+    keep = []
+    while order:
+        best = order.pop(0)
+        keep.append(best)
+        iou = box_iou(boxes[best][None], boxes[order]).numpy()[0] if order else []
+        order = [o for o, v in zip(order, iou, strict=True) if v <= threshold]
+    return keep
+
+
+def test_refine_detections_matches_a_per_class_numpy_reference():
+    rng = np.random.default_rng(0)
+    rois_n, classes = 40, 3
+    centres = rng.uniform(0.2, 0.8, (rois_n, 2))
+    sizes = rng.uniform(0.05, 0.2, (rois_n, 2))
+    rois = np.concatenate([centres - sizes / 2, centres + sizes / 2], 1).astype(np.float32)
+    probs = rng.dirichlet(np.ones(classes), rois_n).astype(np.float32)
+    deltas = rng.normal(0, 0.5, (rois_n, classes, 4)).astype(np.float32)
+    valid = np.ones(rois_n, bool)
+    valid[-5:] = False
+    window = np.array([0.1, 0.0, 0.9, 1.0], np.float32)
+    out = refine_detections(
+        rois[None],
+        valid[None],
+        probs[None],
+        deltas[None],
+        window[None],
+        std_dev=STD,
+        min_confidence=0.4,
+        nms_threshold=0.3,
+        max_instances=10,
+    )
+    # Reference: decode with numpy, clip, filter, NMS per class, best 10 by score.
+    class_ids = probs.argmax(1)
+    scores = probs.max(1)
+    d = deltas[np.arange(rois_n), class_ids] * STD.numpy()
+    h, w = rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]
+    cy, cx = rois[:, 0] + h / 2 + d[:, 0] * h, rois[:, 1] + w / 2 + d[:, 1] * w
+    h, w = h * np.exp(d[:, 2]), w * np.exp(d[:, 3])
+    boxes = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 1)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(window[0], window[2])
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(window[1], window[3])
+    keep = np.flatnonzero(valid & (class_ids > 0) & (scores >= 0.4))
+    survivors = []
+    for c in np.unique(class_ids[keep]):
+        members = keep[class_ids[keep] == c]
+        survivors += [members[i] for i in numpy_nms(boxes[members], scores[members], 0.3)]
+    survivors = sorted(survivors, key=lambda i: -scores[i])[:10]
+    count = int(out["valid"].numpy().sum())
+    assert count == len(survivors) > 0
+    np.testing.assert_allclose(out["scores"][0, :count], scores[survivors], rtol=1e-6)
+    np.testing.assert_array_equal(out["class_ids"][0, :count], class_ids[survivors])
+    np.testing.assert_allclose(out["boxes"][0, :count], boxes[survivors], atol=1e-5)
+    assert not out["boxes"][0, count:].numpy().any()
+
+
+def test_paste_masks_matches_resizing_each_mask_to_its_box():
+    rng = np.random.default_rng(1)
+    masks = rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    boxes = np.array([[[2, 3, 18, 11], [0, 0, 30, 40], [10, 20, 14, 36]]], np.float32)
+    pasted = paste_masks(masks, boxes, tf.constant(30), tf.constant(40)).numpy()
+    assert pasted.shape == (1, 3, 30, 40)
+    for index, (y1, x1, y2, x2) in enumerate(boxes[0].astype(int)):
+        # Integer boxes: the box-sized bilinear resize (pixel centres) is the reference.
+        resized = tf.image.resize(masks[0, index][..., None], (y2 - y1, x2 - x1)).numpy()[..., 0]
+        expected = np.zeros((30, 40), bool)
+        expected[y1:y2, x1:x2] = resized >= 0.5
+        np.testing.assert_array_equal(pasted[0, index], expected)
