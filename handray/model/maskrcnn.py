@@ -42,7 +42,7 @@ class MaskRCNN(keras.Model):
     """Hand Mask R-CNN. Use `build_model(config)`; `detect` for predictions, `train_step_losses`
     inside a GradientTape for training."""
 
-    def __init__(self, config: Config, jit_compile: bool = True, **kwargs):
+    def __init__(self, config: Config, jit_compile: bool | str = "auto", **kwargs):
         super().__init__(name="mask_rcnn", **kwargs)
         self.config = config
         model, size = config.model, config.data.image_size
@@ -78,7 +78,7 @@ class MaskRCNN(keras.Model):
         self._mean_pixel = tf.constant(model.mean_pixel, tf.float32)
         self._rpn_std = tf.constant(model.rpn_bbox_std_dev, tf.float32)
         self._bbox_std = tf.constant(model.bbox_std_dev, tf.float32)
-        self.predict_padded = tf.function(self._inference, jit_compile=jit_compile)
+        self.predict_padded = self._compile_predict(jit_compile)
         self._paste = tf.function(paste_masks, reduce_retracing=True)
         self.built = True
 
@@ -87,25 +87,39 @@ class MaskRCNN(keras.Model):
     def call(self, inputs: dict, training: bool = False) -> dict:
         return self._inference(inputs["image"], inputs["window"])
 
+    def _compile_predict(self, jit_compile: bool | str):
+        """The predict step: one XLA call (True), plain graphs (False), or "auto": one XLA call
+        on a GPU; on a CPU the convolution-heavy backbone and RPN as a plain graph (TensorFlow's
+        oneDNN convolutions outrun XLA's there) and everything after them XLA-compiled (NMS,
+        ROI Align gathers and heads are faster compiled). See benchmarks/README.md."""
+        if jit_compile == "auto" and tf.config.list_physical_devices("GPU"):
+            jit_compile = True
+        if jit_compile != "auto":
+            return tf.function(self._inference, jit_compile=bool(jit_compile))
+        features = tf.function(self._rpn_stage)
+        heads = tf.function(self._head_stage, jit_compile=True)
+        return lambda images, windows: heads(*features(images), windows)
+
     def _inference(self, images: tf.Tensor, windows: tf.Tensor) -> dict[str, tf.Tensor]:
         """Padded images [B, S, S, 3] and windows [B, 4] (pixels) -> fixed-size detections.
 
         Boxes come back normalised to the square; masks are [B, D, h, w] probabilities of each
         detection's class, relative to its box.
         """
-        model = self.config.model
-        windows = self._normalise(windows)
+        return self._head_stage(*self._rpn_stage(images), windows)
+
+    def _rpn_stage(self, images: tf.Tensor):
+        """Feature pyramid and RPN outputs (the convolutional bulk of inference)."""
         pyramid = self._pyramid(images, training=False)
         _, rpn_probs, rpn_deltas = run_rpn(self.rpn, pyramid)
-        rois, roi_valid = generate_proposals(
-            rpn_probs[..., 1],
-            rpn_deltas,
-            self.anchors,
-            windows,
-            pre_nms_limit=model.pre_nms_limit,
-            count=model.post_nms_rois_inference,
-            nms_threshold=model.rpn_nms_threshold,
-            std_dev=self._rpn_std,
+        return pyramid, rpn_probs, rpn_deltas
+
+    def _head_stage(self, pyramid, rpn_probs, rpn_deltas, windows) -> dict[str, tf.Tensor]:
+        """Proposals, box head, detection refinement and mask head."""
+        model = self.config.model
+        windows = self._normalise(windows)
+        rois, roi_valid = self._proposals(
+            rpn_probs, rpn_deltas, windows, model.post_nms_rois_inference
         )
         _, class_probs, deltas = self._classify(pyramid, rois, training=False)
         detections = refine_detections(
@@ -141,15 +155,11 @@ class MaskRCNN(keras.Model):
             model.rpn_train_anchors_per_image,
             self._rpn_std,
         )
-        proposals, proposal_valid = generate_proposals(
-            tf.stop_gradient(rpn_probs[..., 1]),
+        proposals, proposal_valid = self._proposals(
+            tf.stop_gradient(rpn_probs),
             tf.stop_gradient(rpn_deltas),
-            self.anchors,
             windows,
-            pre_nms_limit=model.pre_nms_limit,
-            count=model.post_nms_rois_training,
-            nms_threshold=model.rpn_nms_threshold,
-            std_dev=self._rpn_std,
+            model.post_nms_rois_training,
         )
         targets = detection_targets(
             proposals,
@@ -193,6 +203,19 @@ class MaskRCNN(keras.Model):
 
     def _pyramid(self, images: tf.Tensor, training: bool) -> list[tf.Tensor]:
         return self.features(tf.cast(images, tf.float32) - self._mean_pixel, training=training)
+
+    def _proposals(self, rpn_probs, rpn_deltas, windows, count: int):
+        model = self.config.model
+        return generate_proposals(
+            rpn_probs[..., 1],
+            rpn_deltas,
+            self.anchors,
+            windows,
+            pre_nms_limit=model.pre_nms_limit,
+            count=count,
+            nms_threshold=model.rpn_nms_threshold,
+            std_dev=self._rpn_std,
+        )
 
     def _classify(self, pyramid: list, rois: tf.Tensor, training: bool):
         """Box head on ROIs [B, R, 4]: logits [B, R, K], probabilities, deltas [B, R, K, 4]."""
@@ -302,8 +325,11 @@ class MaskRCNN(keras.Model):
         return trainable
 
 
-def build_model(config: Config, jit_compile: bool = True) -> MaskRCNN:
-    """A Mask R-CNN for `config` with random weights and `train.layers` selected for training."""
+def build_model(config: Config, jit_compile: bool | str = "auto") -> MaskRCNN:
+    """A Mask R-CNN for `config` with random weights and `train.layers` selected for training.
+
+    `jit_compile` chooses how the predict step compiles (see `MaskRCNN._compile_predict`).
+    """
     model = MaskRCNN(config, jit_compile=jit_compile)
     model.set_trainable(config.train.layers)
     return model
