@@ -32,7 +32,6 @@ from handray.config import Config, load_config
 from handray.data.resize import resize_and_pad
 from handray.data.synthetic import render_sample
 from handray.model.maskrcnn import MaskRCNN, build_model
-from handray.model.proposals import generate_proposals
 from handray.model.roi_align import pyramid_roi_align
 from handray.model.rpn import run_rpn
 
@@ -245,23 +244,13 @@ def _stage_calls(
     config = model.config
     settings, size = config.model, config.data.image_size
     mean = tf.constant(settings.mean_pixel, tf.float32)
-    rpn_std = tf.constant(settings.rpn_bbox_std_dev, tf.float32)
     normalised = tf.cast(windows, tf.float32) / float(size)
 
     def compiled(fn):
         return tf.function(fn, jit_compile=xla)
 
     def proposals_fn(probs, deltas):
-        return generate_proposals(
-            probs[..., 1],
-            deltas,
-            model.anchors,
-            normalised,
-            pre_nms_limit=settings.pre_nms_limit,
-            count=settings.post_nms_rois_inference,
-            nms_threshold=settings.rpn_nms_threshold,
-            std_dev=rpn_std,
-        )
+        return model._proposals(probs, deltas, normalised, settings.post_nms_rois_inference)
 
     features = compiled(lambda x: model.features(x - mean, training=False))
     rpn = compiled(lambda pyramid: run_rpn(model.rpn, pyramid))

@@ -250,6 +250,13 @@ class MaskRCNN(keras.Model):
         """
         if not images:
             return []
+        for index, image in enumerate(images):
+            shape = getattr(image, "shape", None)
+            if shape is None or len(shape) != 3 or shape[2] != 3 or min(shape[:2]) < 1:
+                raise ValueError(
+                    f"image {index} has shape {shape}; detect takes RGB arrays [H, W, 3] "
+                    "(convert grayscale or RGBA images to RGB first)"
+                )
         size, data = self.config.data.image_size, self.config.data
         prepared = [resize_and_pad(tf.convert_to_tensor(i), size, data.min_dim) for i in images]
         padded = tf.stack([p[0] for p in prepared])

@@ -56,6 +56,8 @@ def test_detect_output_types_on_real_inference(model):
     assert result["masks"].shape == (count, 70, 90) and result["masks"].dtype == bool
     assert count <= model.config.model.detection_max_instances
     assert model.detect([]) == []
+    with pytest.raises(ValueError, match=r"image 1 has shape \(5, 5\); detect takes RGB"):
+        model.detect([np.zeros((5, 5, 3), np.uint8), np.zeros((5, 5), np.uint8)])
 
 
 def test_predict_step_compiles_with_xla():
