@@ -243,7 +243,6 @@ def _stage_calls(
     """Zero-argument calls of each stage of `model` on the intermediate tensors of `padded`."""
     config = model.config
     settings, size = config.model, config.data.image_size
-    mean = tf.constant(settings.mean_pixel, tf.float32)
     normalised = tf.cast(windows, tf.float32) / float(size)
 
     def compiled(fn):
@@ -252,7 +251,7 @@ def _stage_calls(
     def proposals_fn(probs, deltas):
         return model._proposals(probs, deltas, normalised, settings.post_nms_rois_inference)
 
-    features = compiled(lambda x: model.features(x - mean, training=False))
+    features = compiled(lambda x: model._pyramid(x, training=False))
     rpn = compiled(lambda pyramid: run_rpn(model.rpn, pyramid))
     proposals = compiled(proposals_fn)
     box_align = compiled(

@@ -29,6 +29,7 @@ from handray.config import Config
 from handray.data.coco import CocoDataset
 from handray.data.resize import resize_scale, resized_shape
 from handray.errors import DatasetError
+from handray.model.roi_align import pixel_centre_boxes
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +111,9 @@ def boxes_from_masks(masks: tf.Tensor) -> tf.Tensor:
 
 def mini_masks(masks: tf.Tensor, boxes: tf.Tensor, shape: tuple[int, int]) -> tf.Tensor:
     """Crop each [n, H, W] mask to its box and resize to `shape` (pixel-centre exact), uint8."""
-    size = tf.cast(tf.shape(masks)[1:3], tf.float32)
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=1)
-    out_h, out_w = (float(s) for s in shape)
-    # Sample at the centres of an out_h x out_w grid laid over the box's pixel area.
-    top = y1 - 0.5 + 0.5 * (y2 - y1) / out_h
-    bottom = y1 - 0.5 + (out_h - 0.5) * (y2 - y1) / out_h
-    left = x1 - 0.5 + 0.5 * (x2 - x1) / out_w
-    right = x1 - 0.5 + (out_w - 0.5) * (x2 - x1) / out_w
-    normalised = tf.stack(
-        [top / (size[0] - 1), left / (size[1] - 1), bottom / (size[0] - 1), right / (size[1] - 1)],
-        axis=1,
-    )
+    size = tf.shape(masks)[1:3]
+    frame = tf.stack([0.0, 0.0, tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)])
+    normalised = pixel_centre_boxes(boxes, frame, size, shape)
     crops = tf.image.crop_and_resize(
         tf.cast(masks, tf.float32)[..., None],
         normalised,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from handray.model.boxes import box_iou, encode_boxes
-from handray.model.roi_align import crop_and_resize
+from handray.model.roi_align import crop_and_resize, pixel_centre_boxes
 from handray.model.sampling import sample_indices, sample_mask
 
 RPN_POSITIVE_IOU = 0.7
@@ -150,23 +150,12 @@ def _mask_targets(
     """
     batch, slots = tf.shape(rois)[0], tf.shape(rois)[1]
     mask_h, mask_w = gt_masks.shape[2], gt_masks.shape[3]
-    frame = gt_boxes if mini_mask else tf.constant([0.0, 0.0, 1.0, 1.0]) + tf.zeros_like(gt_boxes)
-    frame_h = tf.maximum(frame[..., 2] - frame[..., 0], 1e-6)
-    frame_w = tf.maximum(frame[..., 3] - frame[..., 1], 1e-6)
-    out_h, out_w = mask_shape
-
-    def grid(start, extent, origin, span, size_in, size_out):
-        first = ((start + 0.5 * extent / size_out) - origin) / span * size_in - 0.5
-        last = ((start + (size_out - 0.5) * extent / size_out) - origin) / span * size_in - 0.5
-        return first / (size_in - 1), last / (size_in - 1)
-
-    y1, y2 = grid(rois[..., 0], rois[..., 2] - rois[..., 0], frame[..., 0], frame_h, mask_h, out_h)
-    x1, x2 = grid(rois[..., 1], rois[..., 3] - rois[..., 1], frame[..., 1], frame_w, mask_w, out_w)
-    boxes = tf.stack([y1, x1, y2, x2], axis=-1)
+    frame = gt_boxes if mini_mask else tf.constant([0.0, 0.0, 1.0, 1.0])
+    boxes = pixel_centre_boxes(rois, frame, (mask_h, mask_w), mask_shape)
     slots_per_image = tf.shape(gt_masks)[1]
     flat_masks = tf.reshape(tf.cast(gt_masks, tf.float32), [-1, mask_h, mask_w, 1])
     box_indices = tf.range(batch)[:, None] * slots_per_image + gt_index
     crops = crop_and_resize(
         flat_masks, tf.reshape(boxes, [-1, 4]), tf.reshape(box_indices, [-1]), mask_shape
     )
-    return tf.round(tf.reshape(crops, [batch, slots, out_h, out_w]))
+    return tf.round(tf.reshape(crops, [batch, slots, *mask_shape]))
