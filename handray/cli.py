@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from handray import __version__
+from handray.config import LAYER_STAGES
 from handray.errors import HandrayError
 
 Command = Callable[[argparse.Namespace], int | None]
@@ -63,6 +64,55 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--count", type=int, default=8, help="images to draw (default 8)")
     preview.add_argument("--out", type=Path, help="PNG path (default DATASET/preview_SPLIT.png)")
 
+    train = _command(commands, "train", _train, "train with Ray Train on a local or remote cluster")
+    train.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="dataset folder")
+    train.add_argument(
+        "--weights",
+        default="none",
+        help="start from none (default), coco, imagenet, a checkpoint/run folder or .h5 file; "
+        "`last` continues the newest run",
+    )
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--preset", default=None, help="config preset (default hand-r101)")
+    source.add_argument("--config", type=Path, help="config YAML file")
+    train.add_argument("--workers", type=_positive_int, default=2, help="training workers (2)")
+    train.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="default 0")
+    train.add_argument("--cpus-per-worker", type=float, default=1, metavar="C", help="default 1")
+    train.add_argument("--epochs", type=_positive_int, metavar="E", help="sets train.epochs")
+    train.add_argument(
+        "--stage", choices=LAYER_STAGES, help="train only these layers (replaces train.stages)"
+    )
+    train.add_argument("--name", help="run name; an existing run resumes (default PRESET-TIME)")
+    train.add_argument("--storage", default="runs", help="runs folder (default runs)")
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    _add_overrides(train)
+
+    evaluate = _command(commands, "evaluate", _evaluate, "COCO box and mask AP on a dataset split")
+    evaluate.add_argument(
+        "--dataset", type=Path, required=True, metavar="DIR", help="dataset folder"
+    )
+    evaluate.add_argument("--split", default="val", help="split to evaluate (default val)")
+    evaluate.add_argument("--limit", type=_positive_int, metavar="N", help="first N images only")
+    evaluate.add_argument(
+        "--out", type=Path, metavar="DIR", help="for metrics.json (default CHECKPOINT/eval_SPLIT)"
+    )
+    evaluate.add_argument(
+        "--overlays", type=int, default=16, metavar="N", help="images to draw (default 16)"
+    )
+    evaluate.add_argument(
+        "--batch-size", type=_positive_int, default=4, metavar="N", help="default 4"
+    )
+    _add_weights(evaluate)
+
+    predict = _command(commands, "predict", _predict, "detect hands in image files")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--overlay", type=Path, metavar="OUT_DIR", help="draw to OUT_DIR/STEM.png")
+    predict.add_argument("--json", action="store_true", help="print one JSON document")
+    predict.add_argument(
+        "--min-score", type=float, metavar="S", help="report scores >= S (default: config's)"
+    )
+    _add_weights(predict)
+
     demo = _command(commands, "demo", _demo, "run the end-to-end demo on synthetic hands")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="default runs/demo")
     return parser
@@ -84,6 +134,29 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override config values, e.g. --set train.learning_rate=0.002",
     )
+
+
+def _add_weights(parser: argparse.ArgumentParser) -> None:
+    """The options that say which trained model a command runs."""
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="`last`, a checkpoint or run folder, or an .h5 file (which needs --preset/--config)",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="architecture preset, replacing the checkpoint's config")
+    source.add_argument("--config", type=Path, help="config YAML, replacing the checkpoint's")
+    _add_overrides(parser)
+    parser.add_argument(
+        "--storage", type=Path, help="runs folder for --weights last (default runs)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -132,6 +205,93 @@ def _preview(args: argparse.Namespace) -> None:
     out = args.out or args.dataset / f"preview_{args.split}.png"
     path = preview_dataset(load_dataset(args.dataset, args.split), out, count=args.count)
     print(f"ground truth of the first {args.count} {args.split} images: {path}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from handray.config import load_config, parse_overrides
+    from handray.train.trainer import run_training
+
+    overrides = parse_overrides(args.overrides)
+    if args.epochs:
+        overrides["train.epochs"] = args.epochs
+    if args.stage:
+        overrides.update({"train.layers": args.stage, "train.stages": {}})
+    config = load_config(args.config or args.preset or "hand-r101", overrides)
+    if args.address:
+        import ray
+
+        ray.init(address=args.address)
+    run_training(
+        config,
+        args.dataset,
+        weights=args.weights,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        name=args.name,
+        storage=args.storage,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from handray.data.coco import load_dataset
+    from handray.evaluate import MONTAGE_FILE, evaluate_model, format_metrics, write_metrics
+
+    dataset = load_dataset(args.dataset, args.split)
+    model, config, weights = _load_model(args)
+    if weights.is_dir():
+        out = args.out or weights / f"eval_{args.split}"
+    else:
+        out = args.out or weights.parent / f"eval_{weights.stem}_{args.split}"
+    count = min(len(dataset), args.limit or len(dataset))
+    print(f"weights: {weights}")
+    source = args.preset or args.config or "the checkpoint's config.yaml"
+    print(f"config:  {source} (preset {config.preset}, {config.model.backbone} backbone)")
+    print(f"data:    {dataset.annotation_file}, {count} of {len(dataset)} images")
+    metrics = evaluate_model(
+        model,
+        dataset,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        overlays=args.overlays,
+        out=out,
+    )
+    print(format_metrics(metrics))
+    print(f"metrics: {write_metrics(metrics, out)}")
+    if args.overlays > 0:
+        print(f"overlays: {out}/overlay_*.png, all in {out / MONTAGE_FILE}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import json
+
+    from handray.predict import check_inputs, format_predictions, predict_files
+
+    check_inputs(args.images, args.overlay)
+    model, _, _ = _load_model(args, min_score=args.min_score)
+    records = predict_files(model, args.images, overlay_dir=args.overlay)
+    if args.json:
+        print(json.dumps(records))
+        return
+    print(format_predictions(records))
+    if args.overlay:
+        print(f"overlays: {args.overlay}")
+
+
+def _load_model(args: argparse.Namespace, min_score: float | None = None):
+    """The model, config and weights path that `_add_weights` options name."""
+    from handray.config import parse_overrides
+    from handray.train.checkpoint import DEFAULT_STORAGE, load_trained_model
+
+    overrides = parse_overrides(args.overrides)
+    if min_score is not None:
+        overrides["model.detection_min_confidence"] = min_score
+    return load_trained_model(
+        args.weights,
+        args.preset or args.config,
+        overrides,
+        storage=args.storage or DEFAULT_STORAGE,
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -179,8 +179,18 @@ class TrainConfig:
     steps_per_epoch: int = 1000
     validation_steps: int = 50
     layers: str = "heads"  # heads | 3+ | 4+ | 5+ | all | a regular expression over layer names
+    # Staged training, the old recipe: {selection: last epoch of that stage}, in order. Empty:
+    # `layers` for the whole run. Epochs past the last stage keep the last stage's selection.
+    stages: dict[str, int] = field(default_factory=dict)
+    warmup_steps: int = 500  # linear learning-rate ramp from 1/10 of the rate
+    lr_decay_epochs: tuple[int, ...] = ()  # the rate is multiplied by lr_decay_factor after each
+    lr_decay_factor: float = 0.1
     loss_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_NAMES, 1.0))
-    mixed_precision: bool = False
+    mixed_precision: bool = False  # float16 compute with loss scaling; for GPUs
+    eval_every: int = 5  # validation mask AP every this many epochs (and at the end); 0: never
+    eval_images: int = 50  # the fixed validation subset (its first images) that AP is measured on
+    keep_checkpoints: int = 3  # checkpoints kept per run (the newest is always among them)
+    max_failures: int = 3  # worker failures a run survives by restarting from its checkpoint
 
     def validate(self) -> None:
         _check(self.learning_rate > 0, "train.learning_rate", "must be positive")
@@ -188,16 +198,33 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.gradient_clip_norm > 0, "train.gradient_clip_norm", "must be positive")
         _check(0.0 <= self.bn_momentum < 1.0, "train.bn_momentum", "must be within [0, 1)")
-        for name in ("images_per_worker", "epochs", "steps_per_epoch", "validation_steps"):
+        for name in (
+            "images_per_worker",
+            "epochs",
+            "steps_per_epoch",
+            "validation_steps",
+            "eval_images",
+            "keep_checkpoints",
+        ):
             _check(getattr(self, name) >= 1, f"train.{name}", "must be at least 1")
-        if self.layers not in LAYER_STAGES:
-            try:
-                re.compile(self.layers)
-            except re.error as err:
-                raise ConfigError(
-                    f"train.layers: {self.layers!r} is neither one of {list(LAYER_STAGES)} "
-                    f"nor a valid regular expression ({err})"
-                ) from None
+        for name in ("warmup_steps", "eval_every", "max_failures"):
+            _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
+        _check(0 < self.lr_decay_factor <= 1, "train.lr_decay_factor", "must be within (0, 1]")
+        _check(
+            all(e >= 1 for e in self.lr_decay_epochs)
+            and list(self.lr_decay_epochs) == sorted(set(self.lr_decay_epochs)),
+            "train.lr_decay_epochs",
+            f"must be increasing positive epochs, got {list(self.lr_decay_epochs)}",
+        )
+        _check_selection(self.layers, "train.layers")
+        for selection in self.stages:
+            _check_selection(selection, f"train.stages[{selection!r}]")
+        ends = list(self.stages.values())
+        _check(
+            all(e >= 1 for e in ends) and ends == sorted(set(ends)),
+            "train.stages",
+            f"last epochs must be positive and increasing, got {self.stages}",
+        )
         unknown = sorted(set(self.loss_weights) - set(LOSS_NAMES))
         _check(
             not unknown,
@@ -248,10 +275,17 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
 
+# The old recipe: heads, then ResNet stage 4 and up, then everything at a tenth of the rate.
+OLD_RECIPE = {
+    "epochs": 160,
+    "stages": {"heads": 40, "4+": 120, "all": 160},
+    "lr_decay_epochs": [120],
+}
+
 # Each preset is a set of changes to the defaults above (which are `hand-r101`).
 PRESETS: dict[str, dict[str, Any]] = {
-    "hand-r101": {},
-    "hand-r50": {"model": {"backbone": "resnet50"}},
+    "hand-r101": {"train": OLD_RECIPE},
+    "hand-r50": {"model": {"backbone": "resnet50"}, "train": OLD_RECIPE},
     "tiny": {
         "data": {
             "image_size": 128,
@@ -282,6 +316,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "layers": "all",
             "train_bn": True,
             "bn_momentum": 0.9,
+            "warmup_steps": 50,
+            "eval_every": 2,
+            "eval_images": 32,
         },
     },
     "matterport": {
@@ -299,6 +336,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rpn_anchor_scales": [32, 64, 128, 256, 512],
             "detection_max_instances": 100,
         },
+        "train": OLD_RECIPE,
     },
 }
 
@@ -324,6 +362,13 @@ def load_config(preset_or_yaml_path: str | Path, overrides: dict[str, Any] | Non
     for key, value in (overrides or {}).items():
         _set_dotted(merged, key, value)
     config = _build(Config, merged, "")
+    config.validate()
+    return config
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """The inverse of `Config.to_dict`, validated: how a config travels to worker processes."""
+    config = _build(Config, copy.deepcopy(tree), "")
     config.validate()
     return config
 
@@ -451,6 +496,19 @@ def _join(path: str, key: Any) -> str:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def _check_selection(selection: str, key: str) -> None:
+    """A stage name or a regular expression over layer names."""
+    if selection in LAYER_STAGES:
+        return
+    try:
+        re.compile(selection)
+    except re.error as err:
+        raise ConfigError(
+            f"{key}: {selection!r} is neither one of {list(LAYER_STAGES)} "
+            f"nor a valid regular expression ({err})"
+        ) from None
 
 
 def _check_range(bounds: tuple[float, float], key: str) -> None:

@@ -116,3 +116,16 @@ def small_dataset(tmp_path: Path) -> Path:
     ]
     write_dataset(tmp_path, images)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster of our own for the whole session (never one left running on
+    the machine): 4 logical CPUs on this 2-core machine, so a driver-side actor and two
+    one-CPU training workers fit; the dashboard on for Ray's state API."""
+    import ray
+
+    ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=True, address="local", log_to_driver=True)
+    yield ray
+    ray.shutdown()

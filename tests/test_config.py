@@ -69,7 +69,11 @@ def test_yaml_file_may_start_from_a_preset_and_change_a_few_keys(tmp_path):
         ({"data.scale_jitter": [1.2, 0.8]}, "data.scale_jitter: must be"),
         ({"train.loss_weights": {"mask": 2.0}}, "unknown loss"),
         ({"train.layers": "(("}, "nor a valid regular expression"),
-        ({"train.epochs.value": 1}, "train.epochs: expected int, got dict"),
+        ({"train.momentum.value": 1}, "train.momentum: expected float, got dict"),
+        ({"train.epochs.value": 1}, "train.epochs.value: 'epochs' is a value, not a section"),
+        ({"train.stages": {"heads": 5, "all": 3}}, "train.stages: last epochs must be"),
+        ({"train.stages": {"((": 5}}, "nor a valid regular expression"),
+        ({"train.lr_decay_epochs": [5, 2]}, "train.lr_decay_epochs: must be increasing"),
     ],
 )
 def test_bad_values_are_named_with_what_to_do(overrides, message):

@@ -24,14 +24,19 @@ def refine_detections(
     nms_threshold: float,
     max_instances: int,
 ) -> dict[str, tf.Tensor]:
-    """Best class per ROI, its refined box, per-class NMS, at most `max_instances` per image.
+    """Best hand class per ROI, its refined box, per-class NMS, at most `max_instances` per
+    image.
+
+    A ROI's class is its most probable non-background class, as in Detectron, so thresholds
+    below 0.5 (COCO evaluation uses 0.05) see hands the background still outweighs. For
+    thresholds of 0.5 and above this is matterport's rule (most probable class overall).
 
     rois [B, R, 4] and windows [B, 4] normalised, probs [B, R, K], deltas [B, R, K, 4].
     Returns boxes [B, D, 4] (normalised), class_ids [B, D], scores [B, D], valid [B, D], best
     first, zero-padded.
     """
-    class_ids = tf.argmax(probs, axis=-1, output_type=tf.int32)
-    scores = tf.reduce_max(probs, axis=-1)
+    class_ids = tf.argmax(probs[..., 1:], axis=-1, output_type=tf.int32) + 1
+    scores = tf.reduce_max(probs[..., 1:], axis=-1)
     chosen = tf.gather(deltas, class_ids, batch_dims=2)
     boxes = clip_boxes(decode_boxes(rois, chosen, std_dev), windows)
     keep = roi_valid & (class_ids > 0) & (scores >= min_confidence)

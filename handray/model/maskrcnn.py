@@ -139,14 +139,19 @@ class MaskRCNN(keras.Model):
         )
         return {**detections, "masks": masks}
 
-    def train_step_losses(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """All losses of one training batch (from `handray.data.pipeline`), with their total."""
+    def train_step_losses(
+        self, batch: dict[str, tf.Tensor], training: bool = True
+    ) -> dict[str, tf.Tensor]:
+        """All losses of one training batch (from `handray.data.pipeline`), with their total.
+
+        `training=False` gives validation losses: batch norm uses its moving statistics.
+        """
         model, weights = self.config.model, self.config.train.loss_weights
         windows = self._normalise(batch["window"])
         gt_boxes = self._normalise(batch["gt_boxes"])
         gt_class_ids, gt_crowd = batch["gt_class_ids"], batch["gt_crowd"]
-        pyramid = self._pyramid(batch["image"], training=True)
-        rpn_logits, rpn_probs, rpn_deltas = run_rpn(self.rpn, pyramid, training=True)
+        pyramid = self._pyramid(batch["image"], training=training)
+        rpn_logits, rpn_probs, rpn_deltas = run_rpn(self.rpn, pyramid, training=training)
         anchor_labels, anchor_deltas = rpn_targets(
             self.anchors,
             gt_boxes,
@@ -174,9 +179,9 @@ class MaskRCNN(keras.Model):
             mask_shape=model.mask_shape,
             mini_mask=self.config.data.use_mini_mask,
         )
-        class_logits, _, deltas = self._classify(pyramid, targets.rois, training=True)
+        class_logits, _, deltas = self._classify(pyramid, targets.rois, training=training)
         slots = targets.positive_slots
-        masks = self._segment(pyramid, targets.rois[:, :slots], training=True)
+        masks = self._segment(pyramid, targets.rois[:, :slots], training=training)
         values = {
             "rpn_class_loss": losses.rpn_class_loss(anchor_labels, rpn_logits),
             "rpn_bbox_loss": losses.rpn_bbox_loss(anchor_labels, anchor_deltas, rpn_deltas),
@@ -202,7 +207,9 @@ class MaskRCNN(keras.Model):
         return tf.cast(pixels, tf.float32) / float(self.config.data.image_size)
 
     def _pyramid(self, images: tf.Tensor, training: bool) -> list[tf.Tensor]:
-        return self.features(tf.cast(images, tf.float32) - self._mean_pixel, training=training)
+        """FPN levels P2..P6, float32 even when mixed precision computes them in float16."""
+        pyramid = self.features(tf.cast(images, tf.float32) - self._mean_pixel, training=training)
+        return [tf.cast(level, tf.float32) for level in pyramid]
 
     def _proposals(self, rpn_probs, rpn_deltas, windows, count: int):
         model = self.config.model
@@ -222,7 +229,9 @@ class MaskRCNN(keras.Model):
         model = self.config.model
         pooled = pyramid_roi_align(pyramid[:4], rois, model.pool_size, self.config.data.image_size)
         flat = tf.reshape(pooled, [-1, *pooled.shape[2:]])
-        logits, probs, deltas = self.box_head(flat, training=training)
+        logits, probs, deltas = (
+            tf.cast(t, tf.float32) for t in self.box_head(flat, training=training)
+        )
         batch, count = tf.shape(rois)[0], tf.shape(rois)[1]
         classes = model.num_classes
         return (
@@ -238,6 +247,7 @@ class MaskRCNN(keras.Model):
             pyramid[:4], boxes, model.mask_pool_size, self.config.data.image_size
         )
         masks = self.mask_head(tf.reshape(pooled, [-1, *pooled.shape[2:]]), training=training)
+        masks = tf.cast(masks, tf.float32)
         return tf.reshape(masks, [tf.shape(boxes)[0], tf.shape(boxes)[1], *masks.shape[1:]])
 
     # ----- predictions on ordinary images -------------------------------------------------

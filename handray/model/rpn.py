@@ -29,6 +29,9 @@ def build_rpn_model(anchors_per_location: int, channels_in: int, width: int, str
 
 
 def run_rpn(rpn: keras.Model, feature_maps: list, training: bool = False):
-    """Apply the shared RPN to every level and concatenate: logits, probs, deltas."""
+    """Apply the shared RPN to every level and concatenate: logits, probs, deltas (float32,
+    also under mixed precision, for the box arithmetic that follows)."""
     outputs = [rpn(p, training=training) for p in feature_maps]
-    return [ops.concatenate([out[i] for out in outputs], axis=1) for i in range(3)]
+    return [
+        ops.cast(ops.concatenate([out[i] for out in outputs], axis=1), "float32") for i in range(3)
+    ]

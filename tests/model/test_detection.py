@@ -40,9 +40,10 @@ def test_refine_detections_matches_a_per_class_numpy_reference():
         nms_threshold=0.3,
         max_instances=10,
     )
-    # Reference: decode with numpy, clip, filter, NMS per class, best 10 by score.
-    class_ids = probs.argmax(1)
-    scores = probs.max(1)
+    # Reference: best non-background class, decode with numpy, clip, filter, NMS per class,
+    # best 10 by score.
+    class_ids = probs[:, 1:].argmax(1) + 1
+    scores = probs[:, 1:].max(1)
     d = deltas[np.arange(rois_n), class_ids] * STD.numpy()
     h, w = rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]
     cy, cx = rois[:, 0] + h / 2 + d[:, 0] * h, rois[:, 1] + w / 2 + d[:, 1] * w
@@ -50,7 +51,7 @@ def test_refine_detections_matches_a_per_class_numpy_reference():
     boxes = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 1)
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(window[0], window[2])
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(window[1], window[3])
-    keep = np.flatnonzero(valid & (class_ids > 0) & (scores >= 0.4))
+    keep = np.flatnonzero(valid & (scores >= 0.4))
     survivors = []
     for c in np.unique(class_ids[keep]):
         members = keep[class_ids[keep] == c]

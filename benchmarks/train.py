@@ -1,0 +1,84 @@
+"""Training throughput with Ray Train: 1 worker against 2 workers, one CPU thread each.
+
+Scaling efficiency = 2-worker images/s / (2 x 1-worker images/s); target >= 0.8. Each row is a
+real `handray.train.trainer.run_training` call on a local Ray cluster; images/s is the second
+epoch's (the first includes tracing and compiling), measured inside the workers.
+
+    .venv/bin/python benchmarks/train.py [--steps 8] [--presets tiny hand-r50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import ray
+
+from handray.config import load_config
+from handray.data.synthetic import generate_dataset
+from handray.train.trainer import run_training
+
+TARGET = 0.8
+SIZES = {"tiny": 128, "hand-r50": 512}
+IMAGES_PER_WORKER = {"tiny": 4, "hand-r50": 1}
+
+
+def images_per_second(preset: str, data: Path, storage: Path, workers: int, steps: int) -> float:
+    config = load_config(
+        preset,
+        {
+            "train.epochs": 2,
+            "train.steps_per_epoch": steps,
+            "train.validation_steps": 1,
+            "train.eval_every": 0,
+            "train.images_per_worker": IMAGES_PER_WORKER[preset],
+            "train.stages": {},
+            "train.layers": "all",
+            "train.train_bn": True,
+        },
+    )
+    run = run_training(
+        config,
+        data,
+        workers=workers,
+        cpus_per_worker=1,
+        name=f"{preset}-{workers}",
+        storage=storage,
+        verbose=False,
+    )
+    return run.state.history[-1]["images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="steps per timed epoch")
+    parser.add_argument("--presets", nargs="+", default=list(SIZES), choices=list(SIZES))
+    args = parser.parse_args()
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            size = SIZES[preset]
+            data = Path(tmp) / f"data{size}"
+            generate_dataset(data, train=16, val=4, size=size, seed=0, progress=False)
+            one = images_per_second(preset, data, Path(tmp) / "runs", 1, args.steps)
+            two = images_per_second(preset, data, Path(tmp) / "runs", 2, args.steps)
+            rows.append((preset, size, one, two, two / (2 * one)))
+    ray.shutdown()
+    print(f"\ntraining throughput, Ray Train, 1 CPU thread per worker, {os.cpu_count()} cores")
+    print("| preset   | input | 1 worker img/s | 2 workers img/s | scaling efficiency |")
+    print("|----------|-------|----------------|-----------------|--------------------|")
+    for preset, size, one, two, efficiency in rows:
+        verdict = "met" if efficiency >= TARGET else f"below {TARGET}"
+        print(
+            f"| {preset:<8} | {size:>5} | {one:>14.2f} | {two:>15.2f} | "
+            f"{efficiency:>6.2f} {verdict:<11} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

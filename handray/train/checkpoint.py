@@ -1,0 +1,225 @@
+"""Training checkpoints on disk, and finding the weights a command was pointed at.
+
+A checkpoint is a folder that Ray Train stores under `STORAGE/RUN_NAME/checkpoint_*`:
+
+  weights.h5      every weighted layer by name (the Keras-2 layout the old model used, so the
+                  weights loader reads old and new files alike)
+  optimizer.npz   optimizer variables by name (momentum, step counter), for an exact resume
+  config.yaml     the config the run trained with; `evaluate`, `predict` and `export` rebuild
+                  the model from it
+  state.json      epoch, step, the metrics of every epoch so far, and how often the run started
+
+Files are written under temporary names and renamed, so a worker killed mid-write never leaves
+a checkpoint that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import keras
+import numpy as np
+
+from handray.atomic import atomic_write
+from handray.config import Config, load_config, save_config
+from handray.errors import HandrayError
+from handray.model.maskrcnn import MaskRCNN
+from handray.model.weights import save_weights
+
+WEIGHTS_FILE = "weights.h5"
+OPTIMIZER_FILE = "optimizer.npz"
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "state.json"
+DEFAULT_STORAGE = Path("runs")
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands: completed epochs and optimizer steps, the per-epoch metrics, and
+    how many times training started (a restart after a failure or a resume adds one)."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] | None = None
+    sessions: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history or [],
+            "sessions": self.sessions,
+        }
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    model: MaskRCNN,
+    config: Config,
+    state: TrainingState,
+    optimizer: keras.optimizers.Optimizer | None = None,
+) -> Path:
+    """Write a complete checkpoint into `directory` (created if needed); returns it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_weights(model, directory / WEIGHTS_FILE)
+    if optimizer is not None:
+        values = {v.path: np.asarray(v.numpy()) for v in optimizer.variables}
+        with atomic_write(directory / OPTIMIZER_FILE, "wb") as handle:
+            np.savez(handle, **values)
+    save_config(config, directory / CONFIG_FILE)
+    with atomic_write(directory / STATE_FILE) as handle:
+        json.dump(state.to_json(), handle, indent=1)
+    return directory
+
+
+def read_state(directory: str | os.PathLike) -> TrainingState:
+    """The state.json of a checkpoint folder."""
+    path = Path(directory) / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+        return TrainingState(
+            epoch=int(data["epoch"]),
+            step=int(data["step"]),
+            history=list(data.get("history", [])),
+            sessions=int(data.get("sessions", 0)),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise HandrayError(
+            f"{path}: not a readable handray checkpoint state ({err}); "
+            "point at a checkpoint folder written by `handray train`"
+        ) from None
+
+
+def restore_optimizer(optimizer: keras.optimizers.Optimizer, directory: str | os.PathLike) -> int:
+    """Assign saved optimizer variables by name to a built optimizer; returns how many matched.
+
+    Variables the file lacks (layers that join training in a later stage) keep their zeros.
+    """
+    path = Path(directory) / OPTIMIZER_FILE
+    if not path.is_file():
+        return 0
+    with np.load(path) as saved:
+        matched = 0
+        for variable in optimizer.variables:
+            if variable.path in saved.files:
+                value = saved[variable.path]
+                if tuple(value.shape) == tuple(variable.shape):
+                    variable.assign(value)
+                    matched += 1
+    return matched
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A folder with a state file and a weights file that opens (not one half-copied)."""
+    if not ((path / WEIGHTS_FILE).is_file() and (path / STATE_FILE).is_file()):
+        return False
+    try:
+        with h5py.File(path / WEIGHTS_FILE, "r"):
+            return True
+    except OSError:
+        return False
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """A run folder's complete checkpoints, oldest epoch first; one still being copied into
+    place (its state unreadable) is left out."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for path in run_dir.iterdir():
+        if path.is_dir() and is_checkpoint(path):
+            try:
+                found.append((read_state(path).epoch, path.stat().st_mtime, path))
+            except HandrayError:
+                continue
+    return [path for _, _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    checkpoints = run_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def newest_run(storage: str | os.PathLike = DEFAULT_STORAGE) -> Path | None:
+    """The run folder under `storage` whose latest checkpoint was written last."""
+    storage = Path(storage)
+    runs = [p for p in storage.iterdir() if p.is_dir()] if storage.is_dir() else []
+    latest = [(c.stat().st_mtime, run) for run in runs if (c := latest_checkpoint(run))]
+    return max(latest)[1] if latest else None
+
+
+def resolve_checkpoint(
+    spec: str | os.PathLike, storage: str | os.PathLike = DEFAULT_STORAGE
+) -> Path:
+    """A weights argument as a path: `last` (newest run's latest checkpoint), a checkpoint
+    folder, a run folder (its latest checkpoint), or an `.h5` weight file."""
+    if str(spec) == "last":
+        run = newest_run(storage)
+        if run is None:
+            raise HandrayError(
+                f"--weights last: no run with checkpoints under {Path(storage).resolve()}; "
+                "train one first (handray train) or give --storage the folder runs were written to"
+            )
+        return latest_checkpoint(run)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if is_checkpoint(path):
+            return path
+        latest = latest_checkpoint(path)
+        if latest is not None:
+            return latest
+        raise HandrayError(
+            f"{path}: neither a checkpoint (no {WEIGHTS_FILE} + {STATE_FILE}) nor a run folder "
+            "holding checkpoints"
+        )
+    raise HandrayError(
+        f"weights {str(spec)!r} not found: give `last`, a checkpoint or run folder, or an .h5 file"
+    )
+
+
+def load_trained_model(
+    spec: str | os.PathLike,
+    config_source: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    storage: str | os.PathLike = DEFAULT_STORAGE,
+    jit_compile: bool | str = "auto",
+) -> tuple[MaskRCNN, Config, Path]:
+    """A model with trained weights for inference, the config it was built from, and the
+    weights path used.
+
+    A checkpoint brings its own config; `config_source` (preset or YAML) replaces it, and is
+    required for a bare `.h5` file such as the old model's weights.
+    """
+    from handray.model import build_model
+    from handray.model.weights import load_weights
+
+    path = resolve_checkpoint(spec, storage)
+    if config_source is not None:
+        config = load_config(config_source, overrides)
+    elif path.is_dir():
+        config = load_config(path / CONFIG_FILE, overrides)
+    else:
+        raise HandrayError(
+            f"{path} is a bare weight file: say which architecture it holds with --preset "
+            "(e.g. matterport or hand-r101) or --config FILE"
+        )
+    model = build_model(config, jit_compile=jit_compile)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    report = load_weights(model, weights)
+    unusable = report.missing + report.skipped
+    if unusable:
+        raise HandrayError(
+            f"{weights} does not fit the {config.preset} model: {len(report.missing)} layers "
+            f"missing, {len(report.skipped)} skipped ({', '.join(unusable[:5])} ...); check "
+            "the preset and model.num_classes / model.class_names"
+        )
+    return model, config, path

@@ -1,0 +1,286 @@
+"""Distributed training with Ray Train: workers, checkpoints, failures and resumption.
+
+`TensorflowTrainer` starts one process per worker and sets `TF_CONFIG`, so each worker builds a
+`MultiWorkerMirroredStrategy` and runs `loop.train_worker` on its own shard of the dataset. The
+chief (rank 0) writes a checkpoint each epoch and every rank reports its metrics with
+`ray.train.report`; Ray keeps the checkpoints under `STORAGE/NAME/`.
+
+A run is known by its name: starting a run whose folder already holds checkpoints resumes from
+the newest (weights, optimizer and epoch), whether it failed, was interrupted or finished and
+is now given more epochs. Within a run Ray restarts failed workers up to `train.max_failures`
+times, each time from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from handray.config import Config, config_from_dict, dump_config
+from handray.data.coco import load_dataset
+from handray.errors import HandrayError
+from handray.train.checkpoint import (
+    CONFIG_FILE,
+    DEFAULT_STORAGE,
+    TrainingState,
+    latest_checkpoint,
+    newest_run,
+    read_state,
+)
+
+LOSS_PANELS = (
+    (
+        "training losses",
+        (
+            "loss",
+            "rpn_class_loss",
+            "rpn_bbox_loss",
+            "mrcnn_class_loss",
+            "mrcnn_bbox_loss",
+            "mrcnn_mask_loss",
+        ),
+    ),
+    ("validation loss", ("loss", "val_loss")),
+    ("validation AP (fixed subset)", ("val_mask_ap", "val_mask_ap50", "val_box_ap")),
+)
+
+
+@dataclass
+class TrainingRun:
+    """The outcome a user needs: where the run lives, its last checkpoint, its final state."""
+
+    run_dir: Path
+    checkpoint: Path
+    state: TrainingState
+    curves: Path | None
+
+
+def run_training(
+    config: Config,
+    dataset_dir: str | os.PathLike,
+    *,
+    weights: str = "none",
+    workers: int = 2,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float = 1,
+    name: str | None = None,
+    storage: str | os.PathLike = DEFAULT_STORAGE,
+    verbose: bool = True,
+) -> TrainingRun:
+    """Train `config` on the dataset with Ray Train (connecting to the running Ray cluster, or
+    starting a local one); returns the finished run.
+
+    `weights` is `none`, `coco`, `imagenet`, a checkpoint/run folder or `.h5` file, or `last`
+    (continue the newest run in `storage`).
+    """
+    import ray
+
+    from handray.train.loop import start_weights_file
+
+    say = print if verbose else (lambda *a, **k: None)
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(storage)):  # s3://, gs://, also as a Path
+        raise HandrayError(
+            f"--storage {storage}: give a folder every node reaches at the same path (local "
+            "disk on one machine, an NFS/EFS mount on a cluster); object-store URIs are not "
+            "supported, as handray reads its checkpoints back as files"
+        )
+    dataset_dir = Path(dataset_dir).resolve()
+    storage = Path(storage).expanduser().resolve()
+    _check_workers(workers, gpus_per_worker, cpus_per_worker)
+    _check_dataset(dataset_dir, workers)
+    if weights == "last":
+        run = newest_run(storage)
+        if run is None:
+            raise HandrayError(f"--weights last: no run with checkpoints under {storage}")
+        name = name or run.name
+    name = name or f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = storage / name
+    resume = latest_checkpoint(run_dir)
+    if resume is not None:
+        _check_same_model(config, resume)
+        say(f"resuming run {name} from {resume} (epoch {read_state(resume).epoch})")
+    elif weights != "last":
+        start_weights_file(weights, config)  # fail here, not in every worker
+    say(f"config ({config.preset}):\n{dump_config(config)}")
+    say(f"training on {workers} worker(s); run folder {run_dir}")
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    trainer = _build_trainer(
+        config,
+        dataset_dir,
+        weights=None if weights == "last" else weights,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        name=name,
+        storage=storage,
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise HandrayError(
+            f"training run {name} failed after {config.train.max_failures} restarts: {err}\n"
+            f"Its checkpoints are in {run_dir}; the same command resumes from the last one."
+        ) from None
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise HandrayError(f"training run {name} finished without a checkpoint in {run_dir}")
+    state = read_state(checkpoint)
+    curves = None
+    if state.history:
+        from handray.plot import plot_history
+
+        curves = plot_history(state.history, run_dir / "loss_curves.png", LOSS_PANELS)
+    say(f"finished {state.epoch} epochs ({state.step} steps) of run {name}")
+    say(f"checkpoint: {checkpoint}")
+    if result.best_checkpoints:
+        best = min(result.best_checkpoints, key=lambda pair: pair[1].get("val_loss", 1e30))
+        say(f"lowest validation loss: {best[0].path}")
+    say(f"loss curves: {curves}\nTensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    return TrainingRun(run_dir, checkpoint, state, curves)
+
+
+def _build_trainer(
+    config: Config,
+    dataset_dir: Path,
+    *,
+    weights: str | None,
+    workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+    name: str,
+    storage: Path,
+):
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.tensorflow import TensorflowTrainer
+
+    resources: dict[str, float] = {"CPU": cpus_per_worker}
+    if gpus_per_worker:
+        resources["GPU"] = gpus_per_worker
+    return TensorflowTrainer(
+        worker_loop,
+        train_loop_config={
+            "config": config.to_dict(),
+            "dataset_dir": str(dataset_dir),
+            "start_weights": weights,
+            "cpu_threads": max(1, int(cpus_per_worker)),
+            "tensorboard_dir": str(storage / name / "tensorboard"),
+            "run_dir": str(storage / name),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.train.keep_checkpoints,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
+        ),
+    )
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: its strategy, then the shared loop from the run's newest
+    checkpoint (Ray's after a failure, or the newest in the run folder when a run of this name
+    is started again) or else from the start weights."""
+    import ray.train
+    import tensorflow as tf
+
+    from handray.train.loop import WorkerContext, train_worker
+
+    _limit_threads(tf, loop_config["cpu_threads"])
+    # Without these, every all-reduce and every report logs a line to the driver's console.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    context = ray.train.get_context()
+    is_chief = context.get_world_rank() == 0
+
+    def report(metrics: dict[str, float], staging: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(staging)) if staging else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    worker = WorkerContext(
+        strategy=tf.distribute.MultiWorkerMirroredStrategy(),
+        is_chief=is_chief,
+        report=report,
+        tensorboard_dir=Path(loop_config["tensorboard_dir"]),
+        log=_write_line if is_chief else (lambda line: None),
+    )
+    config = config_from_dict(loop_config["config"])
+    dataset_dir = loop_config["dataset_dir"]
+    checkpoint = ray.train.get_checkpoint()
+    on_disk = latest_checkpoint(loop_config["run_dir"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            if on_disk is None or read_state(on_disk).epoch <= read_state(directory).epoch:
+                train_worker(config, dataset_dir, worker, resume_from=directory)
+                return
+    if on_disk is not None:
+        # Ray registers reports when it polls the workers; a worker that dies right after
+        # writing a checkpoint can leave the newest one on disk but unknown to Ray.
+        train_worker(config, dataset_dir, worker, resume_from=on_disk)
+        return
+    train_worker(config, dataset_dir, worker, start_weights=loop_config["start_weights"])
+
+
+def _write_line(line: str) -> None:
+    """Straight to the worker's stdout, which Ray forwards to the driver: Ray Train routes
+    `print` through its logger, which shows each line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _limit_threads(tf, threads: int) -> None:
+    """One process per worker: keep TensorFlow to the CPUs Ray gave this worker."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    except RuntimeError:  # TensorFlow already started in this process (a reused worker)
+        pass
+
+
+def _check_workers(workers: int, gpus_per_worker: float, cpus_per_worker: float) -> None:
+    if workers < 1:
+        raise HandrayError(f"--workers must be at least 1, got {workers}")
+    if gpus_per_worker < 0 or cpus_per_worker <= 0:
+        raise HandrayError("--gpus-per-worker must be >= 0 and CPUs per worker positive")
+
+
+def _check_dataset(dataset_dir: Path, workers: int) -> None:
+    for split in ("train", "val"):
+        dataset = load_dataset(dataset_dir, split)
+        if len(dataset) < workers:
+            raise HandrayError(
+                f"{dataset.annotation_file}: {len(dataset)} image(s) cannot be shared by "
+                f"{workers} workers; use fewer --workers or a larger {split} split"
+            )
+
+
+def _check_same_model(config: Config, checkpoint: Path) -> None:
+    """A resumed run must build the model its checkpoint holds."""
+    from handray.config import load_config
+
+    saved = load_config(checkpoint / CONFIG_FILE)
+    if saved.model != config.model or saved.data.image_size != config.data.image_size:
+        raise HandrayError(
+            f"{checkpoint.parent} was trained with a different model (preset {saved.preset}); "
+            "resume it with the same preset and model settings, or choose a new --name"
+        )

@@ -1,0 +1,329 @@
+"""COCO evaluation: the numbers match pycocotools run by hand, per-class rows add up to the
+overall AP, and `handray evaluate` writes a well-formed metrics.json and overlays."""
+
+import contextlib
+import functools
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from handray import cli
+from handray.config import load_config
+from handray.data.coco import load_dataset
+from handray.errors import HandrayError
+from handray.evaluate import (
+    STAT_NAMES,
+    evaluate_model,
+    format_metrics,
+    load_ground_truth,
+    write_metrics,
+)
+from handray.images import read_image
+from handray.train import checkpoint
+from tests.conftest import rectangle_mask, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 64
+
+
+class FakeModel:
+    """Stands in for MaskRCNN: `detect` answers each image with detections chosen per image."""
+
+    def __init__(self, class_names, answers):
+        names = list(class_names)
+        self.config = load_config(
+            "tiny", {"model.class_names": names, "model.num_classes": len(names) + 1}
+        )
+        self.answers = answers  # image bytes -> detection
+        self.seen: set[bytes] = set()
+
+    def detect(self, images):
+        self.seen.update(image.tobytes() for image in images)
+        return [
+            self.answers.get(image.tobytes(), _detection([], *image.shape[:2])) for image in images
+        ]
+
+
+def _detection(instances, height=SIZE, width=SIZE):
+    """A `detect` result from (class_id, score, mask, box) tuples, box = (y1, x1, y2, x2)."""
+    return {
+        "rois": np.array([i[3] for i in instances], np.float32).reshape(-1, 4),
+        "class_ids": np.array([i[0] for i in instances], np.int32),
+        "scores": np.array([i[1] for i in instances], np.float32),
+        "masks": np.array([i[2] for i in instances], bool).reshape(-1, height, width),
+    }
+
+
+def _box(mask):
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+
+
+def _random_dataset(root: Path, images: int = 5, seed: int = 0, categories=None) -> Path:
+    rng = np.random.default_rng(seed)
+    specs = []
+    for _ in range(images):
+        instances = []
+        for _ in range(rng.integers(1, 4)):
+            y1, x1 = rng.integers(0, SIZE - 20, 2)
+            h, w = rng.integers(6, 20, 2)
+            mask = rectangle_mask(SIZE, SIZE, y1, x1, y1 + h, x1 + w)
+            instances.append({"mask": mask, "category_id": int(rng.integers(1, 3))})
+        specs.append({"height": SIZE, "width": SIZE, "instances": instances})
+    write_dataset(root, specs, split="val", categories=categories)
+    return root
+
+
+def _answers(dataset, make_detection):
+    """Per image (keyed by its pixels), make_detection(record, ground-truth instances)."""
+    ground_truth = load_ground_truth(dataset.annotation_file)
+    answers = {}
+    for record in dataset.images:
+        annotations = ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=[record.image_id]))
+        pixels = read_image(record.path).tobytes()
+        instances = make_detection(record, annotations, ground_truth)
+        answers[pixels] = _detection(instances, record.height, record.width)
+    return answers
+
+
+def _perfect(class_of_category):
+    def make(record, annotations, ground_truth):
+        return [
+            (class_of_category[a["category_id"]], 1.0, ground_truth.annToMask(a), _box_of(a))
+            for a in annotations
+            if not a["iscrowd"]
+        ]
+
+    return make
+
+
+def _box_of(annotation):
+    x, y, w, h = annotation["bbox"]
+    return (y, x, y + h, x + w)
+
+
+def test_perfect_predictions_score_one_with_classes_matched_by_name(small_dataset):
+    dataset = load_dataset(small_dataset, "train")
+    # The model lists the classes in the other order: class 1 is right_hand (category 2).
+    answers = _answers(dataset, _perfect({2: 1, 1: 2}))
+    metrics = evaluate_model(
+        FakeModel(["right_hand", "left_hand"], answers), dataset, progress=False
+    )
+    for kind in ("bbox", "segm"):
+        assert metrics[kind]["AP"] == pytest.approx(1.0)
+        assert metrics[kind]["AP50"] == pytest.approx(1.0)
+    perfect = {"bbox_AP": 1.0, "bbox_AP50": 1.0, "segm_AP": 1.0, "segm_AP50": 1.0}
+    assert metrics["per_class"]["left_hand"] == pytest.approx({**perfect, "instances": 1})
+    assert metrics["per_class"]["right_hand"] == pytest.approx({**perfect, "instances": 2})
+    assert metrics["images"] == 3 and metrics["images_per_s"] > 0
+
+
+def _noisy(seed):
+    """Ground truth shifted, some hands missed, and confident false positives."""
+    rng = np.random.default_rng(seed)
+
+    def make(record, annotations, ground_truth):
+        instances = []
+        for a in annotations:
+            if rng.random() < 0.2:
+                continue
+            mask = np.roll(ground_truth.annToMask(a), rng.integers(-3, 4, 2), axis=(0, 1))
+            instances.append((a["category_id"], float(rng.random()), mask, _box(mask)))
+        for _ in range(rng.integers(0, 3)):
+            mask = rectangle_mask(SIZE, SIZE, *rng.integers(0, 30, 2), *rng.integers(34, 64, 2))
+            instances.append((int(rng.integers(1, 3)), float(rng.random()), mask, _box(mask)))
+        return instances
+
+    return make
+
+
+def _pycocotools_stats(annotation_file, answers, dataset, kind):
+    """The same detections through COCO.loadRes + COCOeval by hand; for masks without the box,
+    so a result's area is its mask's as for the ground truth."""
+    results = []
+    for record in dataset.images:
+        detection = answers[read_image(record.path).tobytes()]
+        for roi, class_id, score, mask in zip(*detection.values(), strict=True):
+            y1, x1, y2, x2 = (float(v) for v in roi)
+            entry = {"image_id": record.image_id, "category_id": int(class_id), "score": score}
+            if kind == "bbox":
+                entry["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+            else:
+                entry["segmentation"] = mask_utils.encode(np.asfortranarray(mask, np.uint8))
+            results.append(entry)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(annotation_file))
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), kind)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation.stats
+
+
+def test_metrics_agree_with_pycocotools_run_directly(tmp_path):
+    dataset = load_dataset(_random_dataset(tmp_path, images=6), "val")
+    answers = _answers(dataset, _noisy(seed=3))
+    metrics = evaluate_model(
+        FakeModel(dataset.class_names, answers), dataset, batch_size=4, progress=False
+    )
+    for kind in ("bbox", "segm"):
+        expected = _pycocotools_stats(dataset.annotation_file, answers, dataset, kind)
+        for name, value in zip(STAT_NAMES, expected, strict=True):
+            assert metrics[kind][name] == (pytest.approx(value) if value > -1 else None), name
+        assert 0.0 < metrics[kind]["AP"] < 1.0
+
+
+def test_per_class_rows_add_up_to_the_overall_ap(tmp_path):
+    categories = [
+        {"id": 1, "name": "left_hand"},
+        {"id": 2, "name": "right_hand"},
+        {"id": 5, "name": "gloved_hand"},  # never annotated in these images
+    ]
+    dataset = load_dataset(_random_dataset(tmp_path, images=6, categories=categories), "val")
+    perfect, noisy = _perfect({1: 1, 2: 2}), _noisy(seed=1)
+
+    def left_perfect_right_noisy(record, annotations, ground_truth):
+        left = [a for a in annotations if a["category_id"] == 1]
+        right = [a for a in annotations if a["category_id"] == 2]
+        wrong = [i for i in noisy(record, right, ground_truth) if i[0] == 2]
+        return perfect(record, left, ground_truth) + wrong
+
+    answers = _answers(dataset, left_perfect_right_noisy)
+    names = ["left_hand", "right_hand", "gloved_hand"]
+    metrics = evaluate_model(FakeModel(names, answers), dataset, progress=False)
+    rows = metrics["per_class"]
+    assert rows["gloved_hand"]["segm_AP"] is None and rows["gloved_hand"]["instances"] == 0
+    for kind in ("bbox", "segm"):
+        assert rows["left_hand"][f"{kind}_AP"] == pytest.approx(1.0)
+        assert rows["right_hand"][f"{kind}_AP"] < 0.9
+        for stat in ("AP", "AP50"):
+            defined = [
+                r[f"{kind}_{stat}"] for r in rows.values() if r[f"{kind}_{stat}"] is not None
+            ]
+            assert np.mean(defined) == pytest.approx(metrics[kind][stat], abs=1e-12)
+    json.loads(write_metrics(metrics, tmp_path / "out").read_text())
+    table = format_metrics(metrics)
+    assert "gloved_hand" in table and "segm" in table
+
+
+def test_limit_evaluates_only_the_first_images(tmp_path):
+    dataset = load_dataset(_random_dataset(tmp_path, images=5), "val")
+    perfect = _perfect({1: 1, 2: 2})
+    first_two = {r.image_id for r in dataset.images[:2]}
+    answers = _answers(dataset, lambda r, a, g: perfect(r, a, g) if r.image_id in first_two else [])
+    model = FakeModel(dataset.class_names, answers)
+    assert evaluate_model(model, dataset, progress=False)["segm"]["AP"] < 1.0
+    model.seen.clear()
+    metrics = evaluate_model(model, dataset, limit=2, progress=False)
+    assert metrics["images"] == 2
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+    assert len(model.seen) == 2
+    assert sum(row["instances"] for row in metrics["per_class"].values()) == sum(
+        len(r.class_ids) for r in dataset.images[:2]
+    )
+
+
+def test_no_detections_score_zero(tmp_path):
+    dataset = load_dataset(_random_dataset(tmp_path, images=3), "val")
+    metrics = evaluate_model(FakeModel(dataset.class_names, {}), dataset, progress=False)
+    assert metrics["segm"]["AP"] == 0.0 and metrics["bbox"]["AP50"] == 0.0
+    assert all(row["segm_AP"] == 0.0 for row in metrics["per_class"].values())
+
+
+def test_ground_truth_without_area_or_iscrowd_is_completed(small_dataset):
+    path = small_dataset / "annotations" / "instances_train.json"
+    coco = json.loads(path.read_text())
+    for annotation in coco["annotations"]:
+        del annotation["area"]
+        annotation.pop("iscrowd")
+    path.write_text(json.dumps(coco))
+    dataset = load_dataset(small_dataset, "train")
+    answers = _answers(dataset, _perfect({1: 1, 2: 2}))
+    metrics = evaluate_model(FakeModel(dataset.class_names, answers), dataset, progress=False)
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_class_name_mismatch_names_both_lists(small_dataset):
+    dataset = load_dataset(small_dataset, "train")
+    with pytest.raises(HandrayError, match=r"\['hand'\].*\['left_hand', 'right_hand'\]"):
+        evaluate_model(FakeModel(["hand"], {}), dataset, progress=False)
+
+
+def test_overlays_are_drawn_for_the_first_images(small_dataset, tmp_path):
+    dataset = load_dataset(small_dataset, "train")
+    answers = _answers(dataset, _perfect({1: 1, 2: 2}))
+    out = tmp_path / "eval"
+    evaluate_model(
+        FakeModel(dataset.class_names, answers), dataset, overlays=2, out=out, progress=False
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "overlay_0001.png",
+        "overlay_0002.png",
+        "overlays.png",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of a freshly built (untrained) tiny model."""
+    from handray.model import build_model
+
+    config = load_config("tiny")
+    directory = tmp_path_factory.mktemp("run") / "checkpoint_000000"
+    return checkpoint.write_checkpoint(
+        directory, build_model(config, jit_compile=False), config, checkpoint.TrainingState()
+    )
+
+
+@pytest.fixture
+def no_xla(monkeypatch):
+    """Plain graphs: compiling the heads with XLA takes longer than these checks."""
+    plain = functools.partial(checkpoint.load_trained_model, jit_compile=False)
+    monkeypatch.setattr(checkpoint, "load_trained_model", plain)
+
+
+def test_evaluate_command_writes_metrics_and_overlays(tiny_checkpoint, tmp_path, no_xla, capsys):
+    data = _random_dataset(tmp_path / "data", images=3)
+    args = ["evaluate", "--dataset", str(data), "--weights", str(tiny_checkpoint)]
+    code = cli.main(
+        [*args, "--limit", "2", "--overlays", "2", "--set", "model.detection_min_confidence=0"]
+    )
+    assert code == 0, capsys.readouterr().err
+    out = tiny_checkpoint / "eval_val"
+    printed = capsys.readouterr().out
+    assert str(out / "metrics.json") in printed and "left_hand" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"bbox", "segm", "per_class", "images", "images_per_s"}
+    assert metrics["images"] == 2
+    assert set(metrics["per_class"]) == {"left_hand", "right_hand"}
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics["segm"])
+    assert (out / "overlay_0002.png").is_file() and not (out / "overlay_0003.png").exists()
+
+
+def test_evaluate_command_reports_missing_inputs(tiny_checkpoint, tmp_path, capsys):
+    args = ["evaluate", "--weights", str(tiny_checkpoint), "--dataset"]
+    assert cli.main([*args, str(tmp_path / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    data = _random_dataset(tmp_path / "data", images=1)
+    assert cli.main(["evaluate", "--dataset", str(data), "--weights", str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_ray_job_entry_point_runs_the_evaluate_command(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "evaluate.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--dataset" in result.stdout and "--weights" in result.stdout

@@ -1,0 +1,198 @@
+"""Ray Train on a real local cluster: two CPU workers in sync, checkpoints, a worker killed
+mid-run, and a finished run continued."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray.cloudpickle
+
+from handray.config import load_config
+from handray.data.synthetic import generate_dataset
+from handray.errors import HandrayError
+from handray.model import build_model
+from handray.model.weights import load_weights
+from handray.train.checkpoint import WEIGHTS_FILE, read_state, run_checkpoints
+from handray.train.trainer import run_training
+
+# Workers unpickle this module's worker function by value: pytest imports it by a name
+# worker processes cannot import.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def hands(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hands")
+    generate_dataset(root, train=8, val=4, size=64, seed=5, workers=1, progress=False)
+    return root
+
+
+def small_config(epochs: int, steps: int = 3):
+    return load_config(
+        "tiny",
+        {
+            "data.image_size": 64,
+            "train.epochs": epochs,
+            "train.steps_per_epoch": steps,
+            "train.validation_steps": 1,
+            "train.images_per_worker": 2,
+            "train.eval_every": 0,
+            "train.warmup_steps": 2,
+            "train.max_failures": 2,
+        },
+    )
+
+
+def every_rank_saves(loop_config):
+    """Like `trainer.worker_loop`, but every rank keeps its own weights after each epoch."""
+    import ray.train
+    import tensorflow as tf
+
+    from handray.config import config_from_dict
+    from handray.train.loop import WorkerContext, train_worker
+
+    rank = ray.train.get_context().get_world_rank()
+    out = Path(loop_config["out"]) / f"rank{rank}"
+
+    def report(metrics, staging):
+        epoch = int(metrics["epoch"])
+        (out / f"epoch{epoch}").mkdir(parents=True)
+        for path in staging.iterdir():
+            (out / f"epoch{epoch}" / path.name).write_bytes(path.read_bytes())
+        ray.train.report(metrics)
+
+    context = WorkerContext(
+        strategy=tf.distribute.MultiWorkerMirroredStrategy(), is_chief=True, report=report
+    )
+    train_worker(config_from_dict(loop_config["config"]), loop_config["dataset"], context)
+
+
+def test_two_workers_keep_identical_weights(ray_cluster, hands, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    trainer = TensorflowTrainer(
+        every_rank_saves,
+        train_loop_config={
+            "config": small_config(epochs=2).to_dict(),
+            "dataset": str(hands),
+            "out": str(tmp_path / "out"),
+        },
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="sync", storage_path=str(tmp_path / "storage")),
+    )
+    trainer.fit()
+    config = small_config(epochs=2)
+    ranks = []
+    for rank in (0, 1):
+        model = build_model(config, jit_compile=False)
+        load_weights(model, tmp_path / "out" / f"rank{rank}" / "epoch2" / WEIGHTS_FILE)
+        ranks.append(model.get_weights())
+    initial = build_model(config, jit_compile=False).get_weights()
+    changed = 0
+    for a, b, start in zip(*ranks, initial, strict=True):
+        np.testing.assert_array_equal(a, b)  # batch-norm moving statistics included
+        changed += not np.array_equal(a, start)
+    assert changed > len(initial) // 2  # the steps did change the weights
+
+
+def kill_a_worker_mid_run(run_dir: Path, killed: list[int]) -> None:
+    """SIGKILL one Ray Train worker process once the run has two checkpoints (a report returns
+    only once Ray has registered its checkpoint, so the first is surely known by then)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and len(run_checkpoints(run_dir)) < 2:
+        time.sleep(0.1)
+    for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"ray::RayTrainWorker"):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+
+
+@pytest.fixture(scope="module")
+def crashed_run(ray_cluster, hands, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("storage")
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_a_worker_mid_run, args=(storage / "crash", killed))
+    killer.start()
+    run = run_training(
+        small_config(epochs=5, steps=4), hands, workers=2, name="crash", storage=storage
+    )
+    killer.join()
+    return run, killed
+
+
+def test_a_killed_worker_is_restarted_and_the_run_resumes(crashed_run):
+    run, killed = crashed_run
+    assert killed, "no Ray Train worker process was found to kill"
+    state = run.state
+    assert state.epoch == 5 and state.step == 20
+    assert state.sessions == 2  # the first session died; the second resumed
+    assert [int(m["epoch"]) for m in state.history] == [1, 2, 3, 4, 5]
+    assert state.history[-1]["loss"] < state.history[0]["loss"]
+    assert run.checkpoint.parent == run.run_dir and (run.checkpoint / WEIGHTS_FILE).is_file()
+    assert run.curves.is_file()
+    assert (run.run_dir / "tensorboard").is_dir()
+
+
+def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):
+    run, _ = crashed_run
+    more = run_training(
+        small_config(epochs=6, steps=4),
+        hands,
+        workers=2,
+        name=run.run_dir.name,
+        storage=run.run_dir.parent,
+    )
+    assert more.state.epoch == 6 and more.state.step == 24
+    assert [int(m["epoch"]) for m in more.state.history] == [1, 2, 3, 4, 5, 6]
+    assert more.state.sessions == 3 and read_state(more.checkpoint).epoch == 6
+    # `last` finds this run again and has nothing left to do at 6 epochs.
+    same = run_training(
+        small_config(epochs=6, steps=4),
+        hands,
+        workers=2,
+        weights="last",
+        storage=run.run_dir.parent,
+    )
+    assert same.run_dir == run.run_dir and same.state.epoch == 6
+
+
+def test_bad_requests_fail_before_any_worker_starts(hands, tmp_path):
+    with pytest.raises(HandrayError, match="cannot be shared by 9 workers"):
+        run_training(small_config(epochs=1), hands, workers=9, storage=tmp_path)
+    with pytest.raises(HandrayError, match="no run with checkpoints"):
+        run_training(small_config(epochs=1), hands, weights="last", storage=tmp_path)
+    with pytest.raises(HandrayError, match="not found"):
+        run_training(
+            small_config(epochs=1), hands, weights=str(tmp_path / "nope.h5"), storage=tmp_path
+        )
+
+
+def test_job_entry_point_and_cli_errors(hands, tmp_path, capsys):
+    from handray.cli import main
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(repo / "jobs" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--gpus-per-worker" in done.stdout and "--weights" in done.stdout
+    code = main(["train", "--dataset", str(hands), "--storage", "s3://bucket/runs"])
+    assert code == 2 and "object-store URIs" in capsys.readouterr().err
+    code = main(["train", "--dataset", str(tmp_path / "missing"), "--preset", "tiny"])
+    assert code == 2 and "missing" in capsys.readouterr().err
