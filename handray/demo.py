@@ -64,7 +64,8 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     total = (time.perf_counter() - start) / 60
     mask_ap50 = metrics["segm"]["AP50"] or 0.0
     print(
-        f"\ndemo finished in {total:.1f} min (training {(trained - start) / 60:.1f} min); "
+        f"\ndemo finished in {total:.1f} min (data and training {(trained - start) / 60:.1f} "
+        "min); "
         f"target under {TARGET_MINUTES} min"
     )
     print(

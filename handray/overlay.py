@@ -18,11 +18,8 @@ def draw_detection(
 ) -> Image.Image:
     """One image's `detect` output (masks, boxes, class name and score) over the image."""
     labels = [class_names[int(k) - 1] for k in detection["class_ids"]]
-    # draw_instances needs boxes at least a pixel wide, and boxes clipped at the border can be
-    # thinner: whole pixels (exact in floats) with a one-pixel minimum.
-    boxes = np.round(np.asarray(detection["rois"], np.float32).reshape(-1, 4))
-    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
-    return draw_instances(image, boxes, detection["masks"], labels, detection["scores"].tolist())
+    scores = detection["scores"].tolist()
+    return draw_instances(image, detection["rois"], detection["masks"], labels, scores)
 
 
 def save_png(picture: Image.Image, path: str | os.PathLike) -> Path:

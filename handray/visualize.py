@@ -36,7 +36,8 @@ def draw_instances(
     draw = ImageDraw.Draw(picture)
     for index, (y1, x1, y2, x2) in enumerate(np.asarray(boxes, np.float32).reshape(-1, 4)):
         colour = instance_colour(index)
-        draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=colour)
+        # Boxes thinner than a pixel (clipped at the border) still get a one-pixel outline.
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour)
         caption = labels[index] if scores is None else f"{labels[index]} {scores[index]:.2f}"
         draw.text((x1 + 2, max(y1 - 11, 0)), caption, fill=colour)
     return picture

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +160,7 @@ def _build_trainer(
     from ray.train import (
         CheckpointConfig,
         FailureConfig,
+        LoggingConfig,
         RunConfig,
         ScalingConfig,
     )
@@ -193,6 +193,12 @@ def _build_trainer(
                 checkpoint_score_attribute="val_loss",
                 checkpoint_score_order="min",
             ),
+            # Ray Train logs every report at INFO and routes `print` through its logger, which
+            # shows lines twice and defeats pycocotools' silenced summaries.
+            logging_config=LoggingConfig(log_level="WARNING"),
+            worker_runtime_env={
+                "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            },
         ),
     )
 
@@ -207,9 +213,9 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     from handray.train.loop import WorkerContext, train_worker
 
     _limit_threads(tf, loop_config["cpu_threads"])
-    # Without these, every all-reduce and every report logs a line to the driver's console.
+    # Else TensorFlow logs a line per all-reduce and Ray Train one per report (with all metrics).
+    logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     is_chief = context.get_world_rank() == 0
 
@@ -222,7 +228,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         is_chief=is_chief,
         report=report,
         tensorboard_dir=Path(loop_config["tensorboard_dir"]),
-        log=_write_line if is_chief else (lambda line: None),
+        log=(lambda line: print(line, flush=True)) if is_chief else (lambda line: None),
     )
     config = config_from_dict(loop_config["config"])
     dataset_dir = loop_config["dataset_dir"]
@@ -239,13 +245,6 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         train_worker(config, dataset_dir, worker, resume_from=on_disk)
         return
     train_worker(config, dataset_dir, worker, start_weights=loop_config["start_weights"])
-
-
-def _write_line(line: str) -> None:
-    """Straight to the worker's stdout, which Ray forwards to the driver: Ray Train routes
-    `print` through its logger, which shows each line twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def _limit_threads(tf, threads: int) -> None:
