@@ -57,10 +57,12 @@ def build_dataset(
     num_shards: int = 1,
     shard_index: int = 0,
     repeat: bool | None = None,
+    threads: int | None = None,
 ) -> tf.data.Dataset:
     """Batches for training (shuffled, augmented, repeated) or evaluation (in order, as is).
 
-    `num_shards`/`shard_index` give each distributed worker a disjoint part of the images.
+    `num_shards`/`shard_index` give each distributed worker a disjoint part of the images;
+    `threads` caps the pipeline's threads (default: all cores), for workers sharing a machine.
     """
     _check_classes(dataset, config)
     if not 0 <= shard_index < num_shards:
@@ -82,6 +84,8 @@ def build_dataset(
     data = data.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    if threads:
+        options.threading.private_threadpool_size = threads
     return data.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

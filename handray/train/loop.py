@@ -59,6 +59,7 @@ class WorkerContext:
     is_chief: bool = True
     report: Report = lambda metrics, checkpoint: None
     tensorboard_dir: Path | None = None
+    cpu_threads: int | None = None  # input-pipeline threads; None: all cores
     log: Callable[[str], None] = lambda line: print(line, flush=True)
 
 
@@ -234,6 +235,7 @@ class _Epochs:
                 num_shards=ctx.num_input_pipelines,
                 shard_index=ctx.input_pipeline_id,
                 repeat=True,
+                threads=self.context.cpu_threads,
             )
 
         return self.context.strategy.distribute_datasets_from_function(make)

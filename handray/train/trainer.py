@@ -193,12 +193,8 @@ def _build_trainer(
                 checkpoint_score_attribute="val_loss",
                 checkpoint_score_order="min",
             ),
-            # Ray Train logs every report at INFO and routes `print` through its logger, which
-            # shows lines twice and defeats pycocotools' silenced summaries.
             logging_config=LoggingConfig(log_level="WARNING"),
-            worker_runtime_env={
-                "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-            },
+            worker_runtime_env={"env_vars": _worker_environment(cpus_per_worker)},
         ),
     )
 
@@ -212,7 +208,6 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
 
     from handray.train.loop import WorkerContext, train_worker
 
-    _limit_threads(tf, loop_config["cpu_threads"])
     # Else TensorFlow logs a line per all-reduce and Ray Train one per report (with all metrics).
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
@@ -228,6 +223,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         is_chief=is_chief,
         report=report,
         tensorboard_dir=Path(loop_config["tensorboard_dir"]),
+        cpu_threads=loop_config["cpu_threads"],
         log=(lambda line: print(line, flush=True)) if is_chief else (lambda line: None),
     )
     config = config_from_dict(loop_config["config"])
@@ -247,13 +243,19 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     train_worker(config, dataset_dir, worker, start_weights=loop_config["start_weights"])
 
 
-def _limit_threads(tf, threads: int) -> None:
-    """One process per worker: keep TensorFlow to the CPUs Ray gave this worker."""
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
-    except RuntimeError:  # TensorFlow already started in this process (a reused worker)
-        pass
+def _worker_environment(cpus_per_worker: float) -> dict[str, str]:
+    """Worker process variables, read before TensorFlow starts: its thread pools sized to the
+    CPUs Ray gave the worker (workers share machines), and quiet logs."""
+    threads = str(max(1, int(cpus_per_worker)))
+    return {
+        "TF_NUM_INTRAOP_THREADS": threads,
+        "TF_NUM_INTEROP_THREADS": threads,
+        "OMP_NUM_THREADS": threads,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        # Ray Train routes `print` through its logger, which shows lines twice and defeats
+        # pycocotools' silenced summaries.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    }
 
 
 def _check_workers(workers: int, gpus_per_worker: float, cpus_per_worker: float) -> None:
