@@ -64,7 +64,7 @@ def build_dataset(
     `num_shards`/`shard_index` give each distributed worker a disjoint part of the images;
     `threads` caps the pipeline's threads (default: all cores), for workers sharing a machine.
     """
-    _check_classes(dataset, config)
+    check_classes(dataset, config)
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index {shard_index} is not within 0..{num_shards - 1}")
     if len(dataset) < num_shards:
@@ -128,7 +128,8 @@ def mini_masks(masks: tf.Tensor, boxes: tf.Tensor, shape: tuple[int, int]) -> tf
     return tf.cast(crops[..., 0] >= 0.5, tf.uint8)
 
 
-def _check_classes(dataset: CocoDataset, config: Config) -> None:
+def check_classes(dataset: CocoDataset, config: Config) -> None:
+    """The dataset's categories must fit the model's class count (names only warn)."""
     if dataset.num_classes != config.model.num_classes:
         names = "[" + ", ".join(dataset.class_names) + "]"
         raise DatasetError(

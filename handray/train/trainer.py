@@ -92,7 +92,7 @@ def run_training(
     dataset_dir = Path(dataset_dir).resolve()
     storage = Path(storage).expanduser().resolve()
     _check_workers(workers, gpus_per_worker, cpus_per_worker)
-    _check_dataset(dataset_dir, workers)
+    _check_dataset(dataset_dir, workers, config)
     if weights == "last":
         run = newest_run(storage)
         if run is None:
@@ -265,9 +265,13 @@ def _check_workers(workers: int, gpus_per_worker: float, cpus_per_worker: float)
         raise HandrayError("--gpus-per-worker must be >= 0 and CPUs per worker positive")
 
 
-def _check_dataset(dataset_dir: Path, workers: int) -> None:
+def _check_dataset(dataset_dir: Path, workers: int, config: Config) -> None:
+    """Fail on the driver, not after every worker's restarts, when the data cannot be used."""
+    from handray.data.pipeline import check_classes
+
     for split in ("train", "val"):
         dataset = load_dataset(dataset_dir, split)
+        check_classes(dataset, config)
         if len(dataset) < workers:
             raise HandrayError(
                 f"{dataset.annotation_file}: {len(dataset)} image(s) cannot be shared by "

@@ -171,6 +171,10 @@ def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):
 def test_bad_requests_fail_before_any_worker_starts(hands, tmp_path):
     with pytest.raises(HandrayError, match="cannot be shared by 9 workers"):
         run_training(small_config(epochs=1), hands, workers=9, storage=tmp_path)
+    with pytest.raises(HandrayError, match="model.num_classes=2"):
+        config = small_config(epochs=1)
+        config.model.num_classes, config.model.class_names = 2, ("hand",)
+        run_training(config, hands, storage=tmp_path)
     with pytest.raises(HandrayError, match="no run with checkpoints"):
         run_training(small_config(epochs=1), hands, weights="last", storage=tmp_path)
     with pytest.raises(HandrayError, match="not found"):
