@@ -27,8 +27,7 @@ from handray.data.coco import CocoDataset, ImageRecord
 from handray.data.masks import encode_mask
 from handray.errors import DatasetError, HandrayError
 from handray.images import read_batches
-from handray.overlay import draw_detection, save_png
-from handray.visualize import save_montage
+from handray.visualize import draw_detection, save_montage, save_png
 
 if TYPE_CHECKING:
     from handray.model.maskrcnn import MaskRCNN

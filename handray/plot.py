@@ -11,8 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from handray.atomic import atomic_write
-from handray.visualize import instance_colour
+from handray.visualize import instance_colour, save_png
 
 PANEL_W, PANEL_H = 640, 300
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 60, 170, 28, 34
@@ -40,10 +39,7 @@ def plot_history(
     sheet = Image.new("RGB", (PANEL_W, PANEL_H * len(drawn)), "white")
     for index, panel in enumerate(drawn):
         sheet.paste(panel, (0, index * PANEL_H))
-    path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        sheet.save(handle, format="PNG")
-    return path
+    return save_png(sheet, path)
 
 
 def _panel(title: str, series: dict[str, list[tuple[float, float]]]) -> Image.Image:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from handray.errors import HandrayError
 from handray.evaluate import coco_results, detect_batch
 from handray.images import read_batches, read_image
-from handray.overlay import draw_detection, save_png
+from handray.visualize import draw_detection, save_png
 
 if TYPE_CHECKING:
     from handray.model.maskrcnn import MaskRCNN

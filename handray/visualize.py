@@ -1,4 +1,4 @@
-"""Pictures a person looks at: instances drawn over images, and montages of several images."""
+"""Pictures a person looks at: instances or detections drawn over images, montages, PNG files."""
 
 from __future__ import annotations
 
@@ -43,6 +43,23 @@ def draw_instances(
     return picture
 
 
+def draw_detection(
+    image: np.ndarray, detection: dict[str, np.ndarray], class_names: Sequence[str]
+) -> Image.Image:
+    """One image's `detect` output (masks, boxes, class name and score) over the image."""
+    labels = [class_names[int(k) - 1] for k in detection["class_ids"]]
+    scores = detection["scores"].tolist()
+    return draw_instances(image, detection["rois"], detection["masks"], labels, scores)
+
+
+def save_png(picture: Image.Image, path: str | Path) -> Path:
+    """Write a picture as PNG under a temporary name, renamed when complete."""
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        picture.save(handle, format="PNG")
+    return path
+
+
 def save_montage(pictures: Sequence[Image.Image], path: str | Path, columns: int = 4) -> Path:
     """Tile pictures into one PNG (cells sized to the largest picture), written atomically."""
     if not pictures:
@@ -54,7 +71,4 @@ def save_montage(pictures: Sequence[Image.Image], path: str | Path, columns: int
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (32, 32, 32))
     for index, picture in enumerate(pictures):
         sheet.paste(picture, ((index % columns) * cell_w, (index // columns) * cell_h))
-    path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        sheet.save(handle, format="PNG")
-    return path
+    return save_png(sheet, path)

@@ -13,9 +13,9 @@ from handray import cli
 from handray.config import load_config
 from handray.errors import HandrayError
 from handray.images import read_batches, read_image
-from handray.overlay import draw_detection
 from handray.predict import check_inputs, format_predictions
 from handray.train import checkpoint
+from handray.visualize import draw_detection
 
 EXIF_ORIENTATION = 0x0112
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from handray.data.coco import CocoDataset
 from handray.data.masks import decode_counts
+from handray.images import read_image
 from handray.visualize import draw_instances, save_montage
 
 
@@ -18,8 +18,7 @@ def preview_dataset(
     """Draw masks, boxes and class names of the first `count` images into one PNG."""
     pictures = []
     for record in dataset.images[:count]:
-        with Image.open(record.path) as handle:
-            image = np.asarray(handle.convert("RGB"))
+        image = read_image(record.path)
         masks = np.array(
             [decode_counts(c, record.height, record.width) for c in record.counts], bool
         ).reshape(-1, record.height, record.width)
