@@ -207,8 +207,8 @@ class _Epochs:
         train, context = self.config.train, self.context
         stage, step = None, None
         for epoch in range(self.state.epoch, train.epochs):
-            if stage_at(train, epoch) != stage:
-                stage = stage_at(train, epoch)
+            if (selection := stage_at(train, epoch)) != stage:
+                stage = selection
                 trainable = self.model.set_trainable(stage)
                 step = self._distributed(self._replica_step())
                 context.log(f"epoch {epoch + 1}: training {len(trainable)} layers ({stage})")

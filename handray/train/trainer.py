@@ -33,6 +33,7 @@ from handray.train.checkpoint import (
     read_state,
 )
 
+TENSORBOARD_DIR = "tensorboard"  # inside the run folder
 LOSS_PANELS = (
     (
         "training losses",
@@ -142,7 +143,7 @@ def run_training(
     if result.best_checkpoints:
         best = min(result.best_checkpoints, key=lambda pair: pair[1].get("val_loss", 1e30))
         say(f"lowest validation loss: {best[0].path}")
-    say(f"loss curves: {curves}\nTensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    say(f"loss curves: {curves}\nTensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}")
     return TrainingRun(run_dir, checkpoint, state, curves)
 
 
@@ -175,8 +176,7 @@ def _build_trainer(
             "config": config.to_dict(),
             "dataset_dir": str(dataset_dir),
             "start_weights": weights,
-            "cpu_threads": max(1, int(cpus_per_worker)),
-            "tensorboard_dir": str(storage / name / "tensorboard"),
+            "cpu_threads": _threads(cpus_per_worker),
             "run_dir": str(storage / name),
         },
         scaling_config=ScalingConfig(
@@ -222,7 +222,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         strategy=tf.distribute.MultiWorkerMirroredStrategy(),
         is_chief=is_chief,
         report=report,
-        tensorboard_dir=Path(loop_config["tensorboard_dir"]),
+        tensorboard_dir=Path(loop_config["run_dir"]) / TENSORBOARD_DIR,
         cpu_threads=loop_config["cpu_threads"],
         log=(lambda line: print(line, flush=True)) if is_chief else (lambda line: None),
     )
@@ -243,10 +243,15 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     train_worker(config, dataset_dir, worker, start_weights=loop_config["start_weights"])
 
 
+def _threads(cpus_per_worker: float) -> int:
+    """Threads a worker's TensorFlow and input pipeline get: the CPUs Ray gave it."""
+    return max(1, int(cpus_per_worker))
+
+
 def _worker_environment(cpus_per_worker: float) -> dict[str, str]:
     """Worker process variables, read before TensorFlow starts: its thread pools sized to the
     CPUs Ray gave the worker (workers share machines), and quiet logs."""
-    threads = str(max(1, int(cpus_per_worker)))
+    threads = str(_threads(cpus_per_worker))
     return {
         "TF_NUM_INTRAOP_THREADS": threads,
         "TF_NUM_INTEROP_THREADS": threads,
