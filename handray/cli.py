@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from handray import __version__
-from handray.config import LAYER_STAGES
+from handray.config import LAYER_STAGES, Config
 from handray.errors import HandrayError
 
 Command = Callable[[argparse.Namespace], int | None]
@@ -87,6 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     _add_overrides(train)
 
+    tune = _command(commands, "tune", _tune, "search learning rate and anchor scales with Ray Tune")
+    tune.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="dataset folder")
+    source = tune.add_mutually_exclusive_group()
+    source.add_argument("--preset", default=None, help="config preset (default hand-r101)")
+    source.add_argument("--config", type=Path, help="config YAML file (its tune: section too)")
+    tune.add_argument("--trials", type=_positive_int, metavar="N", help="sets tune.trials")
+    tune.add_argument("--epochs", type=_positive_int, metavar="E", help="sets train.epochs")
+    tune.add_argument("--metric", help="val_mask_ap or val_loss; sets tune.metric")
+    tune.add_argument(
+        "--workers-per-trial", type=_positive_int, default=1, metavar="W", help="default 1"
+    )
+    tune.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="default 0")
+    tune.add_argument("--cpus-per-worker", type=float, default=1, metavar="C", help="default 1")
+    tune.add_argument(
+        "--weights", default="none", help="every trial starts from none, coco, imagenet or PATH"
+    )
+    tune.add_argument("--name", help="sweep name; an existing sweep resumes (default PRESET-TIME)")
+    tune.add_argument("--out", default="runs/tune", help="sweeps folder (default runs/tune)")
+    tune.add_argument(
+        "--resume", action="store_true", help="continue sweep --name, or else the newest one"
+    )
+    tune.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    _add_overrides(tune)
+
     evaluate = _command(commands, "evaluate", _evaluate, "COCO box and mask AP on a dataset split")
     evaluate.add_argument(
         "--dataset", type=Path, required=True, metavar="DIR", help="dataset folder"
@@ -112,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-score", type=float, metavar="S", help="report scores >= S (default: config's)"
     )
     _add_weights(predict)
+
+    export = _command(commands, "export", _export, "write a SavedModel for serving")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="export folder")
+    export.add_argument("--name", help="model name in replies (default handray-PRESET)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    _add_weights(export)
 
     demo = _command(commands, "demo", _demo, "run the end-to-end demo on synthetic hands")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="default runs/demo")
@@ -141,14 +171,15 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         required=True,
-        help="`last`, a checkpoint or run folder, or an .h5 file (which needs --preset/--config)",
+        help="`last`, `best` (the newest sweep's best trial), a checkpoint, run or sweep folder, "
+        "or an .h5 file (which needs --preset/--config)",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help="architecture preset, replacing the checkpoint's config")
     source.add_argument("--config", type=Path, help="config YAML, replacing the checkpoint's")
     _add_overrides(parser)
     parser.add_argument(
-        "--storage", type=Path, help="runs folder for --weights last (default runs)"
+        "--storage", type=Path, help="runs folder for --weights last/best (default runs)"
     )
 
 
@@ -208,7 +239,7 @@ def _preview(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from handray.config import load_config, parse_overrides
+    from handray.config import parse_overrides
     from handray.train.trainer import run_training
 
     overrides = parse_overrides(args.overrides)
@@ -216,13 +247,8 @@ def _train(args: argparse.Namespace) -> None:
         overrides["train.epochs"] = args.epochs
     if args.stage:
         overrides.update({"train.layers": args.stage, "train.stages": {}})
-    config = load_config(args.config or args.preset or "hand-r101", overrides)
-    if args.address:
-        import ray
-
-        ray.init(address=args.address)
     run_training(
-        config,
+        _cluster_config(args, overrides),
         args.dataset,
         weights=args.weights,
         workers=args.workers,
@@ -231,6 +257,44 @@ def _train(args: argparse.Namespace) -> None:
         name=args.name,
         storage=args.storage,
     )
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from handray.config import parse_overrides
+    from handray.train.tune import run_tune
+
+    overrides = parse_overrides(args.overrides)
+    for key, value in (
+        ("train.epochs", args.epochs),
+        ("tune.trials", args.trials),
+        ("tune.metric", args.metric),
+    ):
+        if value is not None:
+            overrides[key] = value
+    run_tune(
+        _cluster_config(args, overrides),
+        args.dataset,
+        weights=args.weights,
+        workers_per_trial=args.workers_per_trial,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        name=args.name,
+        out=args.out,
+        resume=args.resume,
+    )
+
+
+def _cluster_config(args: argparse.Namespace, overrides: dict) -> Config:
+    """The config a train or tune command runs (--preset or --config, then overrides), once
+    connected to the Ray cluster at --address (else a later step finds or starts one)."""
+    from handray.config import load_config
+
+    config = load_config(args.config or args.preset or "hand-r101", overrides)
+    if args.address:
+        import ray
+
+        ray.init(address=args.address)
+    return config
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -276,6 +340,20 @@ def _predict(args: argparse.Namespace) -> None:
     print(format_predictions(records))
     if args.overlay:
         print(f"overlays: {args.overlay}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from handray.export import check_target, export_model
+
+    check_target(args.out, args.overwrite)
+    model, config, weights = _load_model(args)
+    print(f"weights: {weights}")
+    out = export_model(model, config, args.out, name=args.name, overwrite=args.overwrite)
+    print(
+        f"SavedModel: {out} (signatures serving_default, serving_thresholds, predict_image, "
+        "metadata)"
+    )
+    print(f"serve it:   serve run handray.serve.app:build_app model_dir={out}")
 
 
 def _load_model(args: argparse.Namespace, min_score: float | None = None):

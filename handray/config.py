@@ -1,4 +1,4 @@
-"""One typed configuration tree for data, model, training and serving.
+"""One typed configuration tree for data, model, training, serving and tuning.
 
 Every command builds its settings here: a named preset (or a YAML file, which may start from a
 preset), then dotted overrides such as ``--set train.learning_rate=0.002``. Values are checked by
@@ -32,6 +32,14 @@ LOSS_NAMES = (
     "mrcnn_bbox_loss",
     "mrcnn_mask_loss",
 )
+# Named anchor-scale sets that `handray tune` chooses among: the side in pixels of the square
+# anchor at each pyramid level, P2 first. Hands are small, so the hand sets start lower than
+# COCO's, which the old model used on images upscaled 2.5x.
+ANCHOR_SETS: dict[str, tuple[int, ...]] = {
+    "hand-small": (8, 16, 32, 64, 128),
+    "hand-medium": (16, 32, 64, 128, 256),
+    "coco": (32, 64, 128, 256, 512),
+}
 
 
 @dataclass
@@ -49,7 +57,7 @@ class DataConfig:
     contrast_range: tuple[float, float] = (0.8, 1.2)
     scale_jitter: tuple[float, float] = (0.8, 1.25)  # >1 crops a random image-sized window
     shuffle_buffer: int = 512
-    seed: int = 0
+    seed: int = 0  # shuffling and augmentation; also the initial weights of a training run
 
     def validate(self) -> None:
         _check(
@@ -258,6 +266,44 @@ class ServeConfig:
 
 
 @dataclass
+class TuneConfig:
+    """A Ray Tune sweep (`handray tune`): what each trial samples and when ASHA stops one."""
+
+    trials: int = 8
+    metric: Literal["val_mask_ap", "val_loss"] = "val_mask_ap"  # the last epoch's value counts
+    learning_rate: tuple[float, float] = (0.0002, 0.005)  # log-uniform [low, high]
+    anchor_sets: tuple[str, ...] = tuple(ANCHOR_SETS)  # names in ANCHOR_SETS, chosen uniformly
+    # More keys to search: dotted config key -> choices, e.g. {"train.weight_decay": [1e-4, 1e-3]}
+    extra: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    grace_period: int = 1  # epochs every trial trains before ASHA may stop it
+    reduction_factor: float = 2.0  # ASHA lets the best 1/this of trials pass each rung
+    max_concurrent: int = 0  # trials at once; 0: as many as the cluster's CPUs and GPUs fit
+    seed: int = 0  # same seed, same sampled trials
+
+    def validate(self) -> None:
+        _check(self.trials >= 1, "tune.trials", "must be at least 1")
+        _check_range(self.learning_rate, "tune.learning_rate")
+        _check(bool(self.anchor_sets), "tune.anchor_sets", "must name at least one anchor set")
+        for name in self.anchor_sets:
+            _check(
+                name in ANCHOR_SETS,
+                "tune.anchor_sets",
+                f"unknown anchor set {name!r}; known sets: "
+                + ", ".join(f"{n} {list(s)}" for n, s in ANCHOR_SETS.items()),
+            )
+        for key, choices in self.extra.items():
+            _check(
+                key not in ("train.learning_rate", "model.rpn_anchor_scales", "train.epochs"),
+                f"tune.extra.{key}",
+                "is set by the sweep itself (tune.learning_rate, tune.anchor_sets, --epochs)",
+            )
+            _check(bool(choices), f"tune.extra.{key}", "needs at least one choice")
+        _check(self.grace_period >= 1, "tune.grace_period", "must be at least 1")
+        _check(self.reduction_factor > 1, "tune.reduction_factor", "must be above 1")
+        _check(self.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0")
+
+
+@dataclass
 class Config:
     """The whole tree; `preset` records where it started from."""
 
@@ -266,9 +312,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def validate(self) -> None:
-        for section in (self.data, self.model, self.train, self.serve):
+        for section in (self.data, self.model, self.train, self.serve, self.tune):
             section.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,6 +367,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval_every": 2,
             "eval_images": 32,
         },
+        "tune": {"learning_rate": [0.004, 0.04]},
     },
     "matterport": {
         "data": {
@@ -371,6 +419,23 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     config = _build(Config, copy.deepcopy(tree), "")
     config.validate()
     return config
+
+
+def updated_serve_config(base: ServeConfig, changes: dict[str, Any]) -> ServeConfig:
+    """`base` with some keys changed (a Serve deployment's `user_config`), checked like any
+    config; unknown keys and bad values raise ConfigError naming `serve.KEY`."""
+    tree = _merge(_plain(dataclasses.asdict(base)), copy.deepcopy(dict(changes)))
+    serve = _build(ServeConfig, tree, "serve")
+    serve.validate()
+    return serve
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """A validated copy of `config` with dotted-key overrides applied (a sweep's trial)."""
+    tree = config.to_dict()
+    for key, value in overrides.items():
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -450,6 +515,8 @@ def _build(cls: type, values: Any, path: str) -> Any:
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:  # checked where it is used (tune.extra: by the keys it sets)
+        return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
     if origin is Literal:

@@ -1,15 +1,17 @@
 """The end-to-end demo behind `make demo`: data, training, evaluation, all under one folder.
 
 It makes (or reuses) the synthetic dataset, trains the `tiny` preset with Ray Train on two local
-CPU workers, evaluates the validation split with pycocotools, and leaves pictures to look at:
-the ground truth, the loss curves and predictions drawn on validation images. Running it again
-reuses the data and starts a fresh training run.
+CPU workers, evaluates the validation split with pycocotools, exports the trained model as the
+SavedModel that `serve run serve_config.yaml` serves, and leaves pictures to look at: the ground
+truth, the loss curves and predictions drawn on validation images. Running it again reuses the
+data and starts a fresh training run.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from handray.config import load_config
@@ -29,6 +31,7 @@ DEMO_TRAINING = {
     "model.detection_min_confidence": 0.05,
     "data.augment": False,
 }
+SERVE_MIN_SCORE = 0.5  # the export's default threshold (evaluation above uses 0.05)
 TARGET_AP50 = 0.8
 TARGET_MINUTES = 10
 
@@ -38,6 +41,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     import ray
 
     from handray.evaluate import MONTAGE_FILE, evaluate_model, format_metrics, write_metrics
+    from handray.export import export_model
     from handray.train.checkpoint import load_trained_model
     from handray.train.trainer import run_training
 
@@ -56,11 +60,16 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     run = run_training(config, data, workers=workers, name="train", storage=out)
     trained = time.perf_counter()
 
-    model, _, _ = load_trained_model(run.checkpoint)
+    model, trained_config, _ = load_trained_model(run.checkpoint)
     evaluation = out / "eval"
     metrics = evaluate_model(model, load_dataset(data, "val"), overlays=16, out=evaluation)
     print(format_metrics(metrics))
     metrics_file = write_metrics(metrics, evaluation)
+    serving = replace(
+        trained_config,
+        model=replace(trained_config.model, detection_min_confidence=SERVE_MIN_SCORE),
+    )
+    export = export_model(model, serving, out / "model", overwrite=True)
     total = (time.perf_counter() - start) / 60
     mask_ap50 = metrics["segm"]["AP50"] or 0.0
     print(
@@ -77,6 +86,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     print(f"  loss curves: {run.curves}")
     print(f"  metrics:     {metrics_file}")
     print(f"  predictions: {evaluation / MONTAGE_FILE}")
+    print(f"  SavedModel:  {export}  (serve it: serve run serve_config.yaml)")
     return {
         "data": data,
         "preview": preview,
@@ -84,6 +94,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
         "curves": run.curves,
         "metrics": metrics_file,
         "overlays": evaluation / MONTAGE_FILE,
+        "export": export,
     }
 
 

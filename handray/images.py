@@ -28,19 +28,25 @@ def read_image(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            image.load()
-            if exif:
-                image = ImageOps.exif_transpose(image)
-            if image.mode.startswith("I"):  # 16- or 32-bit integer grayscale
-                gray = (np.asarray(image, np.float64) / 257.0).clip(0, 255).astype(np.uint8)
-                return np.repeat(gray[..., None], 3, axis=2)
-            return np.asarray(image.convert("RGB"))
+            return rgb_pixels(image, exif)
     except FileNotFoundError:
         raise HandrayError(f"{path}: no such image file") from None
     except IsADirectoryError:
         raise HandrayError(f"{path}: is a folder, not an image file") from None
     except Exception as err:  # Pillow reports bad data as OSError, SyntaxError, ValueError...
         raise HandrayError(f"{path}: cannot read it as an image ({err})") from None
+
+
+def rgb_pixels(image: Image.Image, exif: bool = False) -> np.ndarray:
+    """Decode an opened Pillow image (its first frame) to [H, W, 3] uint8 RGB, as `read_image`
+    describes; Pillow's errors for bad data propagate."""
+    image.load()
+    if exif:
+        image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # 16- or 32-bit integer grayscale
+        gray = (np.asarray(image, np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
 
 
 def read_batches(

@@ -126,6 +126,49 @@ def ray_cluster():
     import ray
 
     ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=True, address="local", log_to_driver=True)
+    context = ray.init(num_cpus=4, include_dashboard=True, address="local", log_to_driver=True)
+    ray.test_dashboard_url = f"http://{context.dashboard_url}"  # for `serve deploy --address`
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint folder of a freshly built (untrained) tiny model."""
+    from handray.config import load_config
+    from handray.model import build_model
+    from handray.train import checkpoint
+
+    config = load_config("tiny")
+    directory = tmp_path_factory.mktemp("run") / "checkpoint_000000"
+    return checkpoint.write_checkpoint(
+        directory, build_model(config, jit_compile=False), config, checkpoint.TrainingState()
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint, tmp_path_factory) -> Path:
+    """`handray export` of the untrained tiny checkpoint, keeping every detection by default
+    (an untrained model's scores are arbitrary, so a threshold would leave too few to compare)."""
+    from handray import cli
+
+    out = tmp_path_factory.mktemp("export") / "model"
+    args = ["export", "--weights", str(tiny_checkpoint), "--out", str(out)]
+    assert cli.main([*args, "--set", "model.detection_min_confidence=0"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def photo_files(tmp_path_factory) -> list[Path]:
+    """Three PNG photos of different shapes with smooth content (random noise would make
+    every detection of an untrained model a coin toss at the mask threshold)."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for index, (height, width) in enumerate([(100, 140), (64, 50), (150, 90)]):
+        rows, cols = np.mgrid[0:height, 0:width]
+        pixels = np.stack(
+            [rows * 255 // height, cols * 255 // width, (rows + cols + 40 * index) % 256], axis=-1
+        ).astype(np.uint8)
+        paths.append(folder / f"photo_{index}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths

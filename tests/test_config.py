@@ -74,6 +74,13 @@ def test_yaml_file_may_start_from_a_preset_and_change_a_few_keys(tmp_path):
         ({"train.stages": {"heads": 5, "all": 3}}, "train.stages: last epochs must be"),
         ({"train.stages": {"((": 5}}, "nor a valid regular expression"),
         ({"train.lr_decay_epochs": [5, 2]}, "train.lr_decay_epochs: must be increasing"),
+        ({"tune.anchor_sets": ["hand-small", "huge"]}, "unknown anchor set 'huge'; known sets"),
+        ({"tune.anchor_sets": []}, "tune.anchor_sets: must name at least one"),
+        ({"tune.metric": "accuracy"}, "tune.metric: 'accuracy' is not one of"),
+        ({"tune.learning_rate": [0.01, 0.001]}, "tune.learning_rate: must be [low, high]"),
+        ({"tune.extra": {"train.weight_decay": []}}, "tune.extra.train.weight_decay: needs"),
+        ({"tune.extra": {"train.learning_rate": [0.1]}}, "is set by the sweep itself"),
+        ({"tune.reduction_factor": 1}, "tune.reduction_factor: must be above 1"),
     ],
 )
 def test_bad_values_are_named_with_what_to_do(overrides, message):
@@ -96,6 +103,6 @@ def test_loss_weights_keep_unnamed_losses_at_one():
 
 def test_dump_is_plain_yaml_with_every_section():
     text = dump_config(Config())
-    for section in ("data:", "model:", "train:", "serve:"):
+    for section in ("data:", "model:", "train:", "serve:", "tune:"):
         assert f"\n{section}" in text
     assert "!!python" not in text

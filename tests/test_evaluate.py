@@ -271,18 +271,6 @@ def test_overlays_are_drawn_for_the_first_images(small_dataset, tmp_path):
     ]
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint of a freshly built (untrained) tiny model."""
-    from handray.model import build_model
-
-    config = load_config("tiny")
-    directory = tmp_path_factory.mktemp("run") / "checkpoint_000000"
-    return checkpoint.write_checkpoint(
-        directory, build_model(config, jit_compile=False), config, checkpoint.TrainingState()
-    )
-
-
 @pytest.fixture
 def no_xla(monkeypatch):
     """Plain graphs: compiling the heads with XLA takes longer than these checks."""

@@ -10,7 +10,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from handray import cli
-from handray.config import load_config
 from handray.errors import HandrayError
 from handray.images import read_batches, read_image
 from handray.predict import check_inputs, format_predictions
@@ -109,19 +108,6 @@ def test_text_output_has_a_line_per_detection():
         "b.png  left_hand    0.910  roi [1, 2, 31, 40]",
         "b.png  right_hand   0.500  roi [0, 0, 5, 5]",
     ]
-
-
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    from handray.model import build_model
-
-    config = load_config("tiny")
-    return checkpoint.write_checkpoint(
-        tmp_path / "checkpoint",
-        build_model(config, jit_compile=False),
-        config,
-        checkpoint.TrainingState(),
-    )
 
 
 def test_predict_json_and_overlays(tiny_checkpoint, tmp_path, monkeypatch, capsys):

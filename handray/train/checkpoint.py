@@ -11,6 +11,9 @@ A checkpoint is a folder that Ray Train stores under `STORAGE/RUN_NAME/checkpoin
 
 Files are written under temporary names and renamed, so a worker killed mid-write never leaves
 a checkpoint that looks complete.
+
+A Tune sweep (`tune.py`) writes `best.json` into its folder, naming its best trial's checkpoint
+relative to that folder; `best`, a sweep folder or its `best.json` resolve to that checkpoint.
 """
 
 from __future__ import annotations
@@ -19,23 +22,28 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
-import keras
 import numpy as np
 
 from handray.atomic import atomic_write
 from handray.config import Config, load_config, save_config
 from handray.errors import HandrayError
-from handray.model.maskrcnn import MaskRCNN
-from handray.model.weights import save_weights
+
+if TYPE_CHECKING:  # TensorFlow loads only where a model is built: not in Tune's trial drivers
+    import keras
+
+    from handray.model.maskrcnn import MaskRCNN
 
 WEIGHTS_FILE = "weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.json"
 DEFAULT_STORAGE = Path("runs")
+TUNE_DIR = "tune"  # sweeps, inside a runs folder
+DEFAULT_TUNE_OUT = DEFAULT_STORAGE / TUNE_DIR
+BEST_FILE = "best.json"
 
 
 @dataclass
@@ -65,6 +73,8 @@ def write_checkpoint(
     optimizer: keras.optimizers.Optimizer | None = None,
 ) -> Path:
     """Write a complete checkpoint into `directory` (created if needed); returns it."""
+    from handray.model.weights import save_weights
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(model, directory / WEIGHTS_FILE)
@@ -155,11 +165,46 @@ def newest_run(storage: str | os.PathLike = DEFAULT_STORAGE) -> Path | None:
     return max(latest)[1] if latest else None
 
 
+def best_checkpoint(sweep: str | os.PathLike) -> Path:
+    """The checkpoint that a sweep folder's (or a `best.json` file's) best trial names."""
+    path = Path(sweep)
+    record_file = path if path.is_file() else path / BEST_FILE
+    try:
+        relative = json.loads(record_file.read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise HandrayError(
+            f"{record_file}: not a readable sweep result ({err}); point at a finished sweep's "
+            f"folder or its {BEST_FILE} (written by `handray tune`)"
+        ) from None
+    checkpoint = record_file.parent / relative
+    if not is_checkpoint(checkpoint):
+        raise HandrayError(f"{record_file} names {checkpoint}, which is no complete checkpoint")
+    return checkpoint
+
+
+def newest_sweep(storage: str | os.PathLike = DEFAULT_STORAGE) -> Path | None:
+    """The sweep folder under `STORAGE/tune` whose `best.json` was written last."""
+    sweeps = Path(storage) / TUNE_DIR
+    found = list(sweeps.glob(f"*/{BEST_FILE}")) if sweeps.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
+
+
 def resolve_checkpoint(
     spec: str | os.PathLike, storage: str | os.PathLike = DEFAULT_STORAGE
 ) -> Path:
-    """A weights argument as a path: `last` (newest run's latest checkpoint), a checkpoint
-    folder, a run folder (its latest checkpoint), or an `.h5` weight file."""
+    """A weights argument as a path: `last` (newest run's latest checkpoint), `best` (the best
+    trial of the newest finished sweep), a checkpoint folder, a run folder (its latest
+    checkpoint), a sweep folder or its `best.json` (its best trial's checkpoint), or an `.h5`
+    weight file."""
+    if str(spec) == "best":
+        sweep = newest_sweep(storage)
+        if sweep is None:
+            raise HandrayError(
+                f"--weights best: no finished sweep ({BEST_FILE}) under "
+                f"{(Path(storage) / TUNE_DIR).resolve()}; run one first (handray tune) or give "
+                "the sweep's folder"
+            )
+        return best_checkpoint(sweep)
     if str(spec) == "last":
         run = newest_run(storage)
         if run is None:
@@ -169,6 +214,8 @@ def resolve_checkpoint(
             )
         return latest_checkpoint(run)
     path = Path(spec).expanduser()
+    if (path.name == BEST_FILE and path.is_file()) or (path / BEST_FILE).is_file():
+        return best_checkpoint(path)
     if path.is_file():
         return path
     if path.is_dir():
@@ -182,7 +229,8 @@ def resolve_checkpoint(
             "holding checkpoints"
         )
     raise HandrayError(
-        f"weights {str(spec)!r} not found: give `last`, a checkpoint or run folder, or an .h5 file"
+        f"weights {str(spec)!r} not found: give `last`, `best`, a checkpoint, run or sweep "
+        "folder, or an .h5 file"
     )
 
 

@@ -163,6 +163,8 @@ def train_worker(
     if config.train.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     try:
+        # Same config, same start: sweep trials then differ only by the values they sampled.
+        keras.utils.set_random_seed(config.data.seed)
         with strategy.scope():
             model = build_model(config)
             optimizer = make_optimizer(config.train)

@@ -84,16 +84,10 @@ def run_training(
     from handray.train.loop import start_weights_file
 
     say = print if verbose else (lambda *a, **k: None)
-    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(storage)):  # s3://, gs://, also as a Path
-        raise HandrayError(
-            f"--storage {storage}: give a folder every node reaches at the same path (local "
-            "disk on one machine, an NFS/EFS mount on a cluster); object-store URIs are not "
-            "supported, as handray reads its checkpoints back as files"
-        )
+    storage = shared_folder(storage, "--storage")
     dataset_dir = Path(dataset_dir).resolve()
-    storage = Path(storage).expanduser().resolve()
-    _check_workers(workers, gpus_per_worker, cpus_per_worker)
-    _check_dataset(dataset_dir, workers, config)
+    check_workers(workers, gpus_per_worker, cpus_per_worker)
+    check_dataset(dataset_dir, workers, config)
     if weights == "last":
         run = newest_run(storage)
         if run is None:
@@ -110,9 +104,8 @@ def run_training(
     say(f"config ({config.preset}):\n{dump_config(config)}")
     say(f"training on {workers} worker(s); run folder {run_dir}")
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
-    trainer = _build_trainer(
+    start_ray()
+    trainer = build_trainer(
         config,
         dataset_dir,
         weights=None if weights == "last" else weights,
@@ -147,7 +140,17 @@ def run_training(
     return TrainingRun(run_dir, checkpoint, state, curves)
 
 
-def _build_trainer(
+def start_ray() -> None:
+    """Connect to the running Ray cluster (`RAY_ADDRESS`, or one `ray start` began here) or
+    start a local one; its dashboard is on, as Ray Train's cleanup of a killed run (a trial
+    that Tune stops) asks the state API that the dashboard serves."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=True, log_to_driver=True)
+
+
+def build_trainer(
     config: Config,
     dataset_dir: Path,
     *,
@@ -157,7 +160,12 @@ def _build_trainer(
     cpus_per_worker: float,
     name: str,
     storage: Path,
+    callbacks: list | None = None,
+    log_prefix: str = "",
 ):
+    """The `TensorflowTrainer` of one run, `STORAGE/NAME`, whose workers run `worker_loop`;
+    `callbacks` are Ray Train user callbacks (a Tune trial forwards its reports with one) and
+    `log_prefix` starts each progress line (which trial of a sweep it comes from)."""
     from ray.train import (
         CheckpointConfig,
         FailureConfig,
@@ -178,6 +186,7 @@ def _build_trainer(
             "start_weights": weights,
             "cpu_threads": _threads(cpus_per_worker),
             "run_dir": str(storage / name),
+            "log_prefix": log_prefix,
         },
         scaling_config=ScalingConfig(
             num_workers=workers,
@@ -194,6 +203,7 @@ def _build_trainer(
                 checkpoint_score_order="min",
             ),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
             worker_runtime_env={"env_vars": _worker_environment(cpus_per_worker)},
         ),
     )
@@ -213,6 +223,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     context = ray.train.get_context()
     is_chief = context.get_world_rank() == 0
+    prefix = loop_config["log_prefix"]
 
     def report(metrics: dict[str, float], staging: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(staging)) if staging else None
@@ -224,7 +235,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         report=report,
         tensorboard_dir=Path(loop_config["run_dir"]) / TENSORBOARD_DIR,
         cpu_threads=loop_config["cpu_threads"],
-        log=(lambda line: print(line, flush=True)) if is_chief else (lambda line: None),
+        log=(lambda line: print(prefix + line, flush=True)) if is_chief else (lambda line: None),
     )
     config = config_from_dict(loop_config["config"])
     dataset_dir = loop_config["dataset_dir"]
@@ -263,14 +274,26 @@ def _worker_environment(cpus_per_worker: float) -> dict[str, str]:
     }
 
 
-def _check_workers(workers: int, gpus_per_worker: float, cpus_per_worker: float) -> None:
+def shared_folder(folder: str | os.PathLike, option: str) -> Path:
+    """`folder` as an absolute local path, refusing object-store URIs up front."""
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(folder)):  # s3://, gs://, also as a Path
+        raise HandrayError(
+            f"{option} {folder}: give a folder every node reaches at the same path (local "
+            "disk on one machine, an NFS/EFS mount on a cluster); object-store URIs are not "
+            "supported, as handray reads its checkpoints back as files"
+        )
+    return Path(folder).expanduser().resolve()
+
+
+def check_workers(workers: int, gpus_per_worker: float, cpus_per_worker: float) -> None:
+    """Fail on the driver when a run's worker counts make no sense."""
     if workers < 1:
         raise HandrayError(f"--workers must be at least 1, got {workers}")
     if gpus_per_worker < 0 or cpus_per_worker <= 0:
         raise HandrayError("--gpus-per-worker must be >= 0 and CPUs per worker positive")
 
 
-def _check_dataset(dataset_dir: Path, workers: int, config: Config) -> None:
+def check_dataset(dataset_dir: Path, workers: int, config: Config) -> None:
     """Fail on the driver, not after every worker's restarts, when the data cannot be used."""
     from handray.data.pipeline import check_classes
 

@@ -1,0 +1,345 @@
+"""The Ray Serve application: an HTTP ingress bound to a batching model deployment.
+
+`Ingress` parses HTTP with Starlette, checks and decodes the upload (`codec`), and formats the
+reply; it does the per-request CPU work, so the model replicas only run the network. `HandModel`
+loads the SavedModel written by `handray export` and runs concurrent requests as one batch
+(`@serve.batch`). Both read their limits and thresholds from `user_config`, so `serve deploy`
+with a changed config updates them without a restart.
+
+Start it with `serve run serve_config.yaml`, or `serve run handray.serve.app:build_app
+model_dir=EXPORT` for the defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from handray.config import ServeConfig, updated_serve_config
+from handray.errors import HandrayError
+from handray.serve.codec import (
+    MASK_FORMATS,
+    RequestError,
+    UploadLimits,
+    decode_upload,
+    prediction_records,
+    to_model_bytes,
+    too_large,
+)
+
+logger = logging.getLogger("ray.serve")
+PROBE_AFTER_S = 30.0  # a health check runs the model itself when it has been idle this long
+_PROBE_IMAGE = np.zeros((8, 8, 3), np.uint8)
+MODEL_SETTINGS = ("min_score", "mask_threshold", "max_batch_size", "batch_wait_timeout_s")
+
+
+@dataclass
+class Job:
+    """One request's image for the model: BMP bytes of checked pixels, and its score threshold."""
+
+    image: bytes
+    min_score: float | None
+
+
+def load_export(model_dir: str | Path):
+    """The SavedModel of `handray export`, with a clear error when the folder is not one."""
+    import tensorflow as tf
+
+    path = export_path(model_dir)
+    loaded = tf.saved_model.load(str(path))
+    if "metadata" not in loaded.signatures:
+        raise HandrayError(f"model_dir {path}: a SavedModel, but not one `handray export` wrote")
+    return loaded
+
+
+def export_path(model_dir: str | Path) -> Path:
+    """The absolute export folder, refused when it holds no SavedModel."""
+    path = Path(model_dir).expanduser().resolve()
+    if not (path / "saved_model.pb").is_file():
+        raise HandrayError(
+            f"model_dir {path}: no SavedModel there; create one with `handray export "
+            "--weights CKPT --out DIR` (`make demo` writes runs/demo/model) and point "
+            "serve_config.yaml's model_dir at it"
+        )
+    return path
+
+
+@serve.deployment(name="HandModel", max_ongoing_requests=64)
+class HandModel:
+    """A replica holding one loaded export; concurrent requests are run as one batch."""
+
+    def __init__(self, model_dir: str):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._loaded = load_export(model_dir)
+        meta = {k: v.numpy() for k, v in self._loaded.signatures["metadata"]().items()}
+        self.info = {
+            "name": meta["name"].decode(),
+            "version": meta["version"].decode(),
+            "class_names": [name.decode() for name in meta["class_names"]],
+        }
+        self.settings = ServeConfig(
+            min_score=float(meta["min_score"]), mask_threshold=float(meta["mask_threshold"])
+        )
+        self.batch_sizes: Counter[int] = Counter()
+        self._last_success = 0.0
+        self._failure: str | None = None
+        self._warm = 0
+        self._warm_up()
+        logger.info("HandModel %s ready from %s", self.info, model_dir)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Thresholds and batching from the deployment's `user_config`, applied live."""
+        self.settings = updated_serve_config(self.settings, user_config or {})
+        self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run every batch size up to `max_batch_size` once, so no request waits while a new
+        size is traced and compiled (about a second or two each)."""
+        probe = Job(to_model_bytes(_PROBE_IMAGE), None)
+        for size in range(self._warm + 1, self.settings.max_batch_size + 1):
+            self._run([probe] * size)
+        self._warm = max(self._warm, self.settings.max_batch_size)
+
+    async def predict(self, image: bytes, min_score: float | None = None) -> dict[str, Any]:
+        """One image's detections (see `_run`); requests arriving together share a batch."""
+        return await self.predict_batch(Job(image, min_score))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def predict_batch(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        self.batch_sizes[len(jobs)] += 1
+        # In a thread, so the replica keeps accepting requests (the next batch) meanwhile.
+        return await asyncio.to_thread(self._run, jobs)
+
+    def _run(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Detections per job: rois, class_ids, scores, masks [N, H, W] bool, or `error`."""
+        tf = self._tf
+        try:
+            outputs = self._call([job.image for job in jobs], jobs)
+        except tf.errors.InvalidArgumentError:
+            if len(jobs) == 1:
+                return [{"error": "the model could not decode this image"}]
+            # One bad image must fail only its own request.
+            return [self._run([job])[0] for job in jobs]
+        except Exception as err:
+            self._failure = f"{type(err).__name__}: {err}"
+            raise
+        self._last_success, self._failure = time.monotonic(), None
+        return [_unpad(outputs, index, job.min_score) for index, job in enumerate(jobs)]
+
+    def _call(self, images: list[bytes], jobs: list[Job]) -> dict[str, np.ndarray]:
+        tf = self._tf
+        thresholds = [self.settings.min_score if j.min_score is None else j.min_score for j in jobs]
+        out = self._loaded.signatures["serving_thresholds"](
+            images=tf.constant(images),
+            min_score=tf.constant(min(thresholds), tf.float32),
+            mask_threshold=tf.constant(self.settings.mask_threshold, tf.float32),
+        )
+        out = {key: value.numpy() for key, value in out.items()}
+        out["min_scores"] = np.array(thresholds, np.float32)
+        return out
+
+    def check_health(self) -> None:
+        """Fail (so Serve replaces this replica) when the model cannot run."""
+        if self._failure is not None or time.monotonic() - self._last_success > PROBE_AFTER_S:
+            self._run([Job(to_model_bytes(_PROBE_IMAGE), None)])
+
+    def describe(self) -> dict[str, Any]:
+        """Name, version, classes, live settings, the batch sizes run so far and this replica's
+        id."""
+        self.check_health()
+        settings = {key: getattr(self.settings, key) for key in MODEL_SETTINGS}
+        replica = serve.get_replica_context().replica_id.unique_id
+        return {
+            **self.info,
+            "settings": settings,
+            "batch_sizes": self.batch_sizes,
+            "replica": replica,
+        }
+
+
+def _unpad(out: dict[str, np.ndarray], index: int, min_score: float | None) -> dict[str, Any]:
+    """Image `index` of a batch output, cut to its own detections, size and score threshold."""
+    height, width = (int(v) for v in out["image_sizes"][index])
+    keep = out["scores"][index, : out["num_detections"][index]] >= out["min_scores"][index]
+    count = int(keep.sum())  # detections are sorted by score, so the kept ones come first
+    return {
+        "rois": out["boxes"][index, :count],
+        "class_ids": out["class_ids"][index, :count],
+        "scores": out["scores"][index, :count],
+        "masks": out["masks"][index, :count, :height, :width].astype(bool),
+        "height": height,
+        "width": width,
+    }
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=128)
+class Ingress:
+    """HTTP: `POST /predict` (multipart field `image`, or a raw `image/*` body) and
+    `GET /healthz`. Client mistakes get a 4xx JSON error, never a 500."""
+
+    def __init__(self, model: DeploymentHandle):
+        self._model = model
+        self._limits = _limits(ServeConfig())
+        self._info: dict[str, Any] | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._limits = _limits(updated_serve_config(ServeConfig(), user_config or {}))
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        path = "/" + request.url.path.strip("/")
+        routes = {"/predict": ("POST", self._predict), "/healthz": ("GET", self._healthz)}
+        try:
+            if path not in routes:
+                raise RequestError(404, "not_found", f"no route {path}; use POST /predict")
+            method, handler = routes[path]
+            if request.method != method:
+                raise RequestError(405, "method_not_allowed", f"{path} takes {method} requests")
+            return await handler(request)
+        except RequestError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+        except Exception:
+            logger.exception("request to %s failed", path)
+            error = RequestError(500, "internal_error", "the server failed on this request")
+            return JSONResponse(error.body(), status_code=500)
+
+    async def _healthz(self, request: Request) -> JSONResponse:
+        try:
+            info = await self._model.describe.remote()
+        except Exception as err:
+            error = RequestError(503, "unavailable", f"the model cannot predict: {err}")
+            return JSONResponse(error.body(), status_code=503)
+        return JSONResponse({"success": True, "status": "ok", "model": _jsonable(info)})
+
+    async def _predict(self, request: Request) -> JSONResponse:
+        mask_format = request.query_params.get("mask_format", "png")
+        if mask_format not in MASK_FORMATS:
+            raise RequestError(
+                400, "bad_parameter", f"mask_format={mask_format!r}; use one of {MASK_FORMATS}"
+            )
+        min_score = _score_parameter(request.query_params.get("min_score"))
+        upload = await self._upload(request)
+        pixels = await asyncio.to_thread(decode_upload, upload, self._limits)
+        result = await self._model.predict.remote(to_model_bytes(pixels), min_score)
+        if "error" in result:
+            raise RequestError(400, "corrupt_image", result["error"])
+        info = await self._model_info()
+        predictions = await asyncio.to_thread(
+            prediction_records, result, info["class_names"], mask_format
+        )
+        return JSONResponse(
+            {
+                "success": True,
+                "predictions": predictions,
+                "image": {"width": result["width"], "height": result["height"]},
+                "model": {"name": info["name"], "version": info["version"]},
+            }
+        )
+
+    async def _model_info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = await self._model.describe.remote()
+        return self._info
+
+    async def _upload(self, request: Request) -> bytes:
+        """The image bytes of a multipart field `image` or of a raw image body."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        form = content_type in ("multipart/form-data", "application/x-www-form-urlencoded")
+        if not (
+            form or content_type.startswith("image/") or content_type == "application/octet-stream"
+        ):
+            raise RequestError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {content_type or '(none)'} is not accepted; send "
+                "multipart/form-data with a file field `image`, or the image itself with "
+                "Content-Type image/*",
+            )
+        body = await self._body(request)
+        if not form:
+            return body
+        fields = await Request(request.scope, _replay(body)).form()
+        try:
+            field = fields.get("image")
+            if field is None:
+                raise RequestError(
+                    400, "missing_field", "the form has no field `image`; send the file as `image`"
+                )
+            if not isinstance(field, UploadFile):
+                raise RequestError(
+                    400, "missing_field", "the form field `image` must be a file, not text"
+                )
+            return await field.read()
+        finally:
+            await fields.close()
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused (413) as soon as it passes the byte limit."""
+        limit = self._limits.max_request_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large(int(declared), self._limits)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(size, self._limits)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _replay(body: bytes):
+    """A Starlette `receive` that hands over an already-read body, so the form parser can run."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _score_parameter(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise RequestError(400, "bad_parameter", f"min_score={text!r}; use a number in [0, 1]")
+    return value
+
+
+def _limits(config: ServeConfig) -> UploadLimits:
+    return UploadLimits(config.max_request_bytes, config.max_image_pixels)
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {**info, "batch_sizes": {str(k): v for k, v in info["batch_sizes"].items()}}
+
+
+def build_app(args: dict[str, str]) -> serve.Application:
+    """The application `serve run` starts: `args` holds `model_dir`, the export's folder
+    (relative paths are taken from the folder `serve run` is started in)."""
+    if "model_dir" not in args:
+        raise HandrayError("the serve application needs args.model_dir, the export's folder")
+    return Ingress.bind(HandModel.bind(str(export_path(args["model_dir"]))))

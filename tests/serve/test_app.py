@@ -1,0 +1,251 @@
+"""The Serve app over real HTTP on a local Ray cluster: the old client's call, concurrent
+requests batched together, every bad input answered with its 4xx, live reconfiguration."""
+
+import base64
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from handray.serve.app import build_app
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "handray"
+INGRESS_LIMITS = {"max_request_bytes": 300_000, "max_image_pixels": 200_000}
+BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.1, "min_score": 0.0}
+
+
+def deployment_config(port: int, export: Path, model_config: dict) -> dict:
+    """serve_config.yaml as shipped, pointed at the test export and sized for this machine."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    (app,) = config["applications"]
+    app["args"]["model_dir"] = str(export)
+    sizes = {"Ingress": (0.25, INGRESS_LIMITS), "HandModel": (1, model_config)}
+    for deployment in app["deployments"]:
+        cpus, user_config = sizes[deployment["name"]]
+        deployment["ray_actor_options"]["num_cpus"] = cpus
+        deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+        deployment["user_config"].update(user_config)
+    return config
+
+
+def serve_deploy(ray_cluster, config: dict, folder: Path) -> None:
+    """`serve deploy` as a user runs it: the config goes to the cluster's dashboard and only
+    what changed is applied (a changed `user_config` reconfigures the running replicas)."""
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [str(Path(sys.executable).parent / "serve"), "deploy", str(path)]
+    command += ["--address", ray_cluster.test_dashboard_url]
+    environment = {**os.environ, "RAY_AUTH_MODE": "token"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def wait_for(url: str, ready, timeout_s: float = 240) -> dict:
+    """GET /healthz until `ready(model info)` holds; returns that info."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(requests.RequestException, ValueError, KeyError):
+            reply = requests.get(f"{url}/healthz", timeout=10)
+            if reply.status_code == 200 and ready(reply.json()["model"]):
+                return reply.json()["model"]
+        assert time.monotonic() < deadline, f"{url} did not become ready"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, tiny_export, tmp_path_factory):
+    from ray import serve
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path_factory.mktemp("serve")
+
+    def deploy(model_config: dict) -> None:
+        serve_deploy(ray_cluster, deployment_config(port, tiny_export, model_config), folder)
+
+    deploy(BATCHING)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(url, lambda info: True)
+    yield url, deploy
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def url(server) -> str:
+    return server[0]
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_checkpoint, photo_files) -> list[dict]:
+    """In-process predictions on the same files (what `handray predict` prints)."""
+    from handray.predict import predict_files
+    from handray.train.checkpoint import load_trained_model
+
+    model, _, _ = load_trained_model(
+        tiny_checkpoint, overrides={"model.detection_min_confidence": 0.0}
+    )
+    return predict_files(model, photo_files)
+
+
+def assert_same_predictions(reply: dict, record: dict, min_score: float = 0.0) -> None:
+    wanted = [p for p in record["predictions"] if p["score"] >= min_score]
+    assert reply["image"] == {"width": record["width"], "height": record["height"]}
+    assert len(reply["predictions"]) == len(wanted) > 0
+    for got, want in zip(reply["predictions"], wanted, strict=True):
+        assert (got["class_id"], got["class_name"]) == (want["class_id"], want["class_name"])
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+        np.testing.assert_allclose(got["roi"], want["roi"], atol=0.02)
+        np.testing.assert_allclose(got["bbox"], want["bbox"], atol=0.05)
+        reference = mask_utils.decode(want["mask"]).astype(bool)
+        if isinstance(got["mask"], dict):
+            mask = mask_utils.decode(got["mask"]).astype(bool)
+        else:
+            png = np.asarray(Image.open(io.BytesIO(base64.b64decode(got["mask"]))))
+            assert png.shape == reference.shape and set(np.unique(png)) <= {0, 255}
+            mask = png == 255
+        assert (mask == reference).mean() >= 0.995
+
+
+def test_the_old_clients_exact_call(url, photo_files, expected):
+    with open(photo_files[0], "rb") as handle:
+        reply = requests.post(
+            f"{url}/predict", files={"image": ("f.png", handle, "image/png")}, timeout=60
+        )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["success"] is True and body["model"]["name"] == "handray-tiny"
+    assert {"roi", "class_id", "class_name", "score", "mask"} <= set(body["predictions"][0])
+    assert_same_predictions(body, expected[0])
+
+
+def test_raw_body_with_rle_masks_and_a_threshold(url, photo_files, expected):
+    reply = requests.post(
+        f"{url}/predict?mask_format=rle&min_score=0.9",
+        data=photo_files[1].read_bytes(),
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert_same_predictions(reply.json(), expected[1], min_score=0.9)
+
+
+def test_concurrent_requests_are_batched_and_all_correct(url, photo_files, expected):
+    def call(index: int):
+        with open(photo_files[index % 3], "rb") as handle:
+            files = {"image": (f"{index}.png", handle, "image/png")}
+            return index, requests.post(f"{url}/predict?mask_format=rle", files=files, timeout=120)
+
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(pool.map(call, range(32)))
+    for index, reply in replies:
+        assert reply.status_code == 200, reply.text
+        assert_same_predictions(reply.json(), expected[index % 3])
+    health = requests.get(f"{url}/healthz", timeout=60).json()
+    assert health["status"] == "ok"
+    batched = {int(size): n for size, n in health["model"]["batch_sizes"].items() if int(size) > 1}
+    assert batched, health["model"]["batch_sizes"]
+
+
+def bad_requests(photo: bytes) -> list[tuple[dict, int, str]]:
+    big = Image.fromarray(np.zeros((500, 600, 3), np.uint8))
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8)
+    heavy = io.BytesIO()
+    Image.fromarray(noise).save(heavy, format="BMP")
+    png = {"Content-Type": "image/png"}
+    return [
+        ({"data": b"this is not an image", "headers": png}, 400, "not_an_image"),
+        ({"data": photo[: len(photo) // 2], "headers": png}, 400, "corrupt_image"),
+        ({"data": b"", "headers": png}, 400, "empty_image"),
+        ({"files": {"file": ("f.png", photo, "image/png")}}, 400, "missing_field"),
+        ({"data": {"image": "not a file"}}, 400, "missing_field"),
+        ({"data": heavy.getvalue(), "headers": {"Content-Type": "image/bmp"}}, 413, None),
+        ({"files": {"image": ("big.png", buffer.getvalue(), "image/png")}}, 413, None),
+        ({"data": photo, "headers": {"Content-Type": "text/plain"}}, 415, None),
+        ({"json": {"image": "abc"}}, 415, "unsupported_media_type"),
+    ]
+
+
+def test_bad_inputs_get_json_client_errors_and_the_server_keeps_serving(url, photo_files):
+    photo = photo_files[0].read_bytes()
+    for request, status, code in bad_requests(photo):
+        reply = requests.post(f"{url}/predict", timeout=60, **request)
+        assert reply.status_code == status, (request.keys(), reply.text)
+        body = reply.json()
+        assert body["success"] is False and body["error"]["message"]
+        assert code is None or body["error"]["code"] == code
+    for query in ("mask_format=svg", "min_score=high", "min_score=1.5"):
+        reply = requests.post(f"{url}/predict?{query}", files={"image": photo}, timeout=60)
+        assert (reply.status_code, reply.json()["error"]["code"]) == (400, "bad_parameter")
+    assert requests.get(f"{url}/predict", timeout=60).status_code == 405
+    assert requests.get(f"{url}/nowhere", timeout=60).json()["error"]["code"] == "not_found"
+    reply = requests.post(f"{url}/predict", files={"image": photo}, timeout=60)
+    assert reply.status_code == 200 and reply.json()["predictions"]
+
+
+def test_a_bad_image_in_a_batch_fails_only_its_own_request(url, photo_files):
+    from ray import serve
+
+    handle = serve.get_deployment_handle("HandModel", app_name=APP)
+    good = photo_files[2].read_bytes()
+    calls = [handle.predict.remote(data) for data in (good, b"\x89PNG broken", good, good)]
+    results = [call.result(timeout_s=120) for call in calls]
+    assert "error" in results[1]
+    for result in (results[0], results[2], results[3]):
+        assert "error" not in result and len(result["scores"]) > 0
+        np.testing.assert_array_equal(result["scores"], results[0]["scores"])
+
+
+def test_reconfigure_changes_thresholds_without_a_restart(server, photo_files, expected):
+    url, deploy = server
+    before = wait_for(url, lambda info: True)
+    deploy({**BATCHING, "min_score": 0.95, "mask_threshold": 0.9})
+    try:
+        after = wait_for(url, lambda info: info["settings"]["min_score"] == 0.95)
+        assert after["replica"] == before["replica"]
+        assert after["settings"]["mask_threshold"] == 0.9
+        with open(photo_files[0], "rb") as handle:
+            reply = requests.post(f"{url}/predict", files={"image": handle}, timeout=60).json()
+        wanted = [p for p in expected[0]["predictions"] if p["score"] >= 0.95]
+        assert len(reply["predictions"]) == len(wanted)
+        assert all(p["score"] >= 0.95 for p in reply["predictions"])
+    finally:
+        deploy(BATCHING)
+        wait_for(url, lambda info: info["settings"]["min_score"] == 0.0)
+
+
+def test_the_app_builder_refuses_a_folder_without_an_export(tmp_path):
+    from handray.errors import HandrayError
+
+    with pytest.raises(HandrayError, match="handray export"):
+        build_app({"model_dir": str(tmp_path)})
+
+
+def test_health_check_fails_when_the_model_cannot_run(tiny_export):
+    from handray.serve.app import HandModel
+
+    replica = HandModel.func_or_class(str(tiny_export))  # the class itself, in this process
+    replica.check_health()
+    replica._last_success = float("-inf")  # idle long enough that the check runs the model
+    replica.check_health()
+    replica._loaded = object()  # the model is gone: nothing can run
+    replica._last_success = float("-inf")
+    with pytest.raises(AttributeError):
+        replica.check_health()
+    assert replica._failure is not None

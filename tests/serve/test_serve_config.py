@@ -1,0 +1,64 @@
+"""serve_config.yaml and its GPU variant, checked with Ray Serve's own schema and against the
+deployments and settings handray defines, so `serve run`/`serve deploy` will accept them."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from handray.config import ServeConfig, updated_serve_config
+from handray.errors import ConfigError
+from handray.serve import app as serve_app
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = ("serve_config.yaml", "serve_config.gpu.yaml")
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_config_passes_serves_schema_and_names_our_deployments(name):
+    raw = load(name)
+    schema = ServeDeploySchema.model_validate(raw)
+    (application,) = schema.applications
+    module, _, attribute = application.import_path.partition(":")
+    assert module == serve_app.__name__ and callable(getattr(serve_app, attribute))
+    deployments = {d.name: d for d in application.deployments}
+    assert set(deployments) == {"Ingress", "HandModel"}
+    model = deployments["HandModel"]
+    settings = updated_serve_config(ServeConfig(), model.user_config)
+    assert model.max_ongoing_requests >= settings.max_batch_size
+    assert model.autoscaling_config["min_replicas"] <= model.autoscaling_config["max_replicas"]
+    updated_serve_config(ServeConfig(), deployments["Ingress"].user_config)
+    assert schema.http_options.request_timeout_s > 0
+
+
+def test_local_config_serves_the_demo_export_on_localhost_without_gpus():
+    raw = load("serve_config.yaml")
+    assert raw["http_options"]["host"] == "127.0.0.1" and raw["http_options"]["port"] == 8000
+    (application,) = raw["applications"]
+    assert application["args"]["model_dir"] == "runs/demo/model"
+    assert all(d["ray_actor_options"].get("num_gpus", 0) == 0 for d in application["deployments"])
+    gpu = load("serve_config.gpu.yaml")["applications"][0]["deployments"]
+    assert {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in gpu}["HandModel"] == 1
+
+
+def test_broken_copies_are_rejected():
+    raw = load("serve_config.yaml")
+    broken = copy.deepcopy(raw)
+    broken["applications"][0]["deployments"][1]["max_ongoing_requests"] = 0
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        ServeDeploySchema.model_validate(broken)
+    broken = copy.deepcopy(raw)
+    broken["http_options"]["port"] = "eighty"
+    with pytest.raises(ValueError, match="port"):
+        ServeDeploySchema.model_validate(broken)
+    user_config = raw["applications"][0]["deployments"][1]["user_config"]
+    with pytest.raises(ConfigError, match="serve.min_scor"):
+        updated_serve_config(ServeConfig(), {**user_config, "min_scor": 0.3})
+    with pytest.raises(ConfigError, match="serve.mask_threshold"):
+        updated_serve_config(ServeConfig(), {**user_config, "mask_threshold": 1.5})

@@ -1,0 +1,173 @@
+"""Ray Tune sweeps: the search space, and a real sweep of four Ray Train runs on a local cluster
+whose ASHA stops a trial early, whose best checkpoint loads, and which resumes."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from handray.cli import main
+from handray.config import ANCHOR_SETS, load_config
+from handray.data.synthetic import generate_dataset
+from handray.errors import ConfigError, HandrayError
+from handray.train.checkpoint import load_trained_model, read_state, resolve_checkpoint
+from handray.train.tune import (
+    check_search_space,
+    concurrent_trials,
+    search_space,
+    trial_config,
+)
+
+# Four trials of two epochs, two at a time, so the last two reach ASHA's first rung (epoch 1)
+# after the first two are recorded there. Seed 4 samples the learning rates 0.01, 5.1e-05,
+# 0.015 and 2.7e-07: the last trial barely trains and ends its first epoch clearly behind.
+# One anchor set, as a validation loss compares trials only when their anchors match.
+SWEEP = [
+    "--preset",
+    "tiny",
+    "--trials",
+    "4",
+    "--epochs",
+    "2",
+    "--metric",
+    "val_loss",
+    "--set",
+    "data.image_size=64",
+    "train.steps_per_epoch=16",
+    "train.validation_steps=2",
+    "train.images_per_worker=2",
+    "train.warmup_steps=2",
+    "train.eval_every=0",
+    "tune.learning_rate=[1.0e-7, 0.02]",
+    "tune.anchor_sets=[hand-small]",
+    "tune.max_concurrent=2",
+    "tune.seed=4",
+]
+
+
+@pytest.fixture(scope="module")
+def hands(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hands")
+    generate_dataset(root, train=8, val=4, size=64, seed=5, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, hands, tmp_path_factory):
+    """A finished sweep, run as a user would: the runs folder, the sweep folder, its command."""
+    storage = tmp_path_factory.mktemp("runs")
+    command = ["tune", "--dataset", str(hands), "--out", str(storage / "tune"), *SWEEP]
+    assert main([*command, "--name", "lr"]) == 0
+    return storage, storage / "tune" / "lr", command
+
+
+def read_trials(sweep_dir):
+    with open(sweep_dir / "trials.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_every_trial_ends_and_asha_stops_the_worst_early(sweep):
+    _, sweep_dir, _ = sweep
+    rows = read_trials(sweep_dir)
+    assert len(rows) == 4
+    assert all(row["error"] == "" for row in rows)
+    for row in rows:
+        stopped = row["stopped_early"] == "True"
+        assert int(row["epochs"]) == (1 if stopped else 2)
+    slowest = min(rows, key=lambda row: float(row["learning_rate"]))
+    assert slowest["stopped_early"] == "True"
+    assert {row["anchors"] for row in rows} == {"hand-small"}
+
+
+def test_best_json_names_the_best_trial_and_its_checkpoint_loads(sweep):
+    storage, sweep_dir, _ = sweep
+    rows = read_trials(sweep_dir)
+    best = json.loads((sweep_dir / "best.json").read_text())
+    lowest = min(rows, key=lambda row: float(row["val_loss"]))
+    assert (best["trial"], best["metric"], best["mode"]) == (lowest["trial"], "val_loss", "min")
+    assert best["value"] == pytest.approx(float(lowest["val_loss"]))
+    checkpoint = sweep_dir / best["checkpoint"]
+    assert str(checkpoint) == lowest["checkpoint"]
+    for spec in (sweep_dir, sweep_dir / "best.json"):
+        assert resolve_checkpoint(spec) == checkpoint
+    model, config, path = load_trained_model("best", storage=storage, jit_compile=False)
+    assert path == checkpoint and read_state(path).epoch == best["epochs"]
+    assert config.train.learning_rate == pytest.approx(best["config"]["learning_rate"])
+    assert config.model.rpn_anchor_scales == ANCHOR_SETS[best["config"]["anchors"]]
+    assert model.get_layer("mrcnn_mask").get_weights()  # weights loaded by name, none missing
+
+
+def test_a_finished_sweep_resumes_without_training_again(sweep, capsys):
+    _, sweep_dir, command = sweep
+    before = read_trials(sweep_dir)
+    checkpoints = sorted(sweep_dir.glob("runs/*/checkpoint_*"))
+    assert main([*command, "--resume"]) == 0  # the newest sweep under --out
+    assert f"resuming sweep {sweep_dir}" in capsys.readouterr().out
+    assert read_trials(sweep_dir) == before
+    assert sorted(sweep_dir.glob("runs/*/checkpoint_*")) == checkpoints
+
+
+def test_search_space_applies_named_anchor_sets_and_extra_keys():
+    config = load_config(
+        "tiny",
+        {
+            "tune.anchor_sets": ["hand-small", "coco"],
+            "tune.extra": {"train.weight_decay": [0.0001, 0.001]},
+        },
+    )
+    check_search_space(config)
+    assert set(search_space(config.tune)) == {"learning_rate", "anchors", "train.weight_decay"}
+    trial = trial_config(
+        config, {"learning_rate": 0.003, "anchors": "coco", "train.weight_decay": 0.001}
+    )
+    assert trial.train.learning_rate == 0.003 and trial.train.weight_decay == 0.001
+    assert trial.model.rpn_anchor_scales == (32, 64, 128, 256, 512)
+    assert trial.train.eval_every == 1  # AP, the default metric, is compared every epoch
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tune.extra": {"train.weight_decay": ["high"]}}, "train.weight_decay: expected float"),
+        ({"tune.extra": {"train.nope": [1]}}, "unknown key 'train.nope'"),
+        ({"model.backbone_strides": [4, 8, 16, 32]}, "one scale per pyramid level"),
+        ({"tune.grace_period": 5, "train.epochs": 2}, "tune.grace_period: 5 epochs"),
+    ],
+)
+def test_a_search_space_that_builds_a_bad_trial_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_search_space(load_config("tiny", overrides))
+
+
+def test_concurrency_leaves_every_trial_its_workers():
+    settings = load_config("tiny", {"tune.trials": 8}).tune
+    assert concurrent_trials(settings, {"CPU": 4.0}, 1, 1, 0) == 3  # 1.25 CPUs a trial
+    assert concurrent_trials(settings, {"CPU": 16.0, "GPU": 2.0}, 2, 1, 1) == 1
+    with pytest.raises(HandrayError, match="one trial needs 2.25 CPUs"):
+        concurrent_trials(settings, {"CPU": 2.0}, 2, 1, 0)
+    settings.max_concurrent = 4  # an autoscaling cluster: trusted as given
+    assert concurrent_trials(settings, {"CPU": 2.0}, 2, 1, 0) == 4
+
+
+def test_job_entry_point_and_bad_requests_are_one_error_line(hands, tmp_path, capsys):
+    job = Path(__file__).resolve().parents[2] / "jobs" / "tune.py"
+    done = subprocess.run(
+        [sys.executable, str(job), "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and "--workers-per-trial" in done.stdout, done.stderr
+    out = str(tmp_path / "tune")
+    cases = [
+        (["--dataset", str(tmp_path / "missing")], "missing"),
+        (["--dataset", str(hands), "--metric", "accuracy"], "tune.metric: 'accuracy'"),
+        (["--dataset", str(hands), "--set", "tune.anchor_sets=[huge]"], "unknown anchor set"),
+        (["--dataset", str(hands), "--resume"], "no sweep to resume"),
+    ]
+    for args, message in cases:
+        assert main(["tune", "--preset", "tiny", "--out", out, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and err.count("\n") == 1
+    with pytest.raises(HandrayError, match="no finished sweep"):
+        resolve_checkpoint("best", storage=tmp_path)
