@@ -134,11 +134,14 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint folder of a freshly built (untrained) tiny model."""
+    """A checkpoint folder of a freshly built (untrained, seeded) tiny model."""
+    import keras
+
     from handray.config import load_config
     from handray.model import build_model
     from handray.train import checkpoint
 
+    keras.utils.set_random_seed(0)  # the same untrained weights in every run
     config = load_config("tiny")
     directory = tmp_path_factory.mktemp("run") / "checkpoint_000000"
     return checkpoint.write_checkpoint(
