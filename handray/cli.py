@@ -65,41 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", type=Path, help="PNG path (default DATASET/preview_SPLIT.png)")
 
     train = _command(commands, "train", _train, "train with Ray Train on a local or remote cluster")
-    train.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="dataset folder")
+    _add_cluster_run(train)
     train.add_argument(
         "--weights",
         default="none",
         help="start from none (default), coco, imagenet, a checkpoint/run folder or .h5 file; "
         "`last` continues the newest run",
     )
-    source = train.add_mutually_exclusive_group()
-    source.add_argument("--preset", default=None, help="config preset (default hand-r101)")
-    source.add_argument("--config", type=Path, help="config YAML file")
     train.add_argument("--workers", type=_positive_int, default=2, help="training workers (2)")
-    train.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="default 0")
-    train.add_argument("--cpus-per-worker", type=float, default=1, metavar="C", help="default 1")
-    train.add_argument("--epochs", type=_positive_int, metavar="E", help="sets train.epochs")
     train.add_argument(
         "--stage", choices=LAYER_STAGES, help="train only these layers (replaces train.stages)"
     )
     train.add_argument("--name", help="run name; an existing run resumes (default PRESET-TIME)")
     train.add_argument("--storage", default="runs", help="runs folder (default runs)")
-    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    _add_overrides(train)
 
     tune = _command(commands, "tune", _tune, "search learning rate and anchor scales with Ray Tune")
-    tune.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="dataset folder")
-    source = tune.add_mutually_exclusive_group()
-    source.add_argument("--preset", default=None, help="config preset (default hand-r101)")
-    source.add_argument("--config", type=Path, help="config YAML file (its tune: section too)")
+    _add_cluster_run(tune)
     tune.add_argument("--trials", type=_positive_int, metavar="N", help="sets tune.trials")
-    tune.add_argument("--epochs", type=_positive_int, metavar="E", help="sets train.epochs")
     tune.add_argument("--metric", help="val_mask_ap or val_loss; sets tune.metric")
     tune.add_argument(
         "--workers-per-trial", type=_positive_int, default=1, metavar="W", help="default 1"
     )
-    tune.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="default 0")
-    tune.add_argument("--cpus-per-worker", type=float, default=1, metavar="C", help="default 1")
     tune.add_argument(
         "--weights", default="none", help="every trial starts from none, coco, imagenet or PATH"
     )
@@ -108,8 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--resume", action="store_true", help="continue sweep --name, or else the newest one"
     )
-    tune.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    _add_overrides(tune)
 
     evaluate = _command(commands, "evaluate", _evaluate, "COCO box and mask AP on a dataset split")
     evaluate.add_argument(
@@ -164,6 +148,20 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override config values, e.g. --set train.learning_rate=0.002",
     )
+
+
+def _add_cluster_run(parser: argparse.ArgumentParser) -> None:
+    """The options that `train` and `tune` share: data, config, worker resources, cluster
+    (read back by `_cluster_config`)."""
+    parser.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="dataset folder")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", default=None, help="config preset (default hand-r101)")
+    source.add_argument("--config", type=Path, help="config YAML file")
+    parser.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="default 0")
+    parser.add_argument("--cpus-per-worker", type=float, default=1, metavar="C", help="default 1")
+    parser.add_argument("--epochs", type=_positive_int, metavar="E", help="sets train.epochs")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    _add_overrides(parser)
 
 
 def _add_weights(parser: argparse.ArgumentParser) -> None:
@@ -243,8 +241,6 @@ def _train(args: argparse.Namespace) -> None:
     from handray.train.trainer import run_training
 
     overrides = parse_overrides(args.overrides)
-    if args.epochs:
-        overrides["train.epochs"] = args.epochs
     if args.stage:
         overrides.update({"train.layers": args.stage, "train.stages": {}})
     run_training(
@@ -264,11 +260,7 @@ def _tune(args: argparse.Namespace) -> None:
     from handray.train.tune import run_tune
 
     overrides = parse_overrides(args.overrides)
-    for key, value in (
-        ("train.epochs", args.epochs),
-        ("tune.trials", args.trials),
-        ("tune.metric", args.metric),
-    ):
+    for key, value in (("tune.trials", args.trials), ("tune.metric", args.metric)):
         if value is not None:
             overrides[key] = value
     run_tune(
@@ -285,10 +277,13 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _cluster_config(args: argparse.Namespace, overrides: dict) -> Config:
-    """The config a train or tune command runs (--preset or --config, then overrides), once
-    connected to the Ray cluster at --address (else a later step finds or starts one)."""
+    """The config a train or tune command runs (--preset or --config, then overrides and
+    --epochs), once connected to the Ray cluster at --address (else a later step finds or starts
+    one)."""
     from handray.config import load_config
 
+    if args.epochs is not None:
+        overrides = {**overrides, "train.epochs": args.epochs}
     config = load_config(args.config or args.preset or "hand-r101", overrides)
     if args.address:
         import ray
