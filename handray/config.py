@@ -89,8 +89,13 @@ class ModelConfig:
     backbone_strides: tuple[int, ...] = (4, 8, 16, 32, 64)
     fpn_channels: int = 256
     rpn_anchor_scales: tuple[int, ...] = (16, 32, 64, 128, 256)
+    # Anchor sides at each level as multiples of that level's scale (matterport: one, 1.0).
+    # Two octaves (1, sqrt 2) give small objects several well-placed anchors per level.
+    rpn_anchor_octaves: tuple[float, ...] = (1.0,)
     rpn_anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_anchor_stride: int = 1
+    rpn_positive_iou: float = 0.7  # an anchor is a positive at this IoU with a hand
+    rpn_negative_iou: float = 0.3  # ... and a negative below this IoU with every hand
     rpn_channels: int = 512  # width of rpn_conv_shared
     rpn_nms_threshold: float = 0.7
     rpn_train_anchors_per_image: int = 256
@@ -99,16 +104,31 @@ class ModelConfig:
     post_nms_rois_inference: int = 1000
     train_rois_per_image: int = 200
     roi_positive_ratio: float = 0.33
+    # Jittered copies of each hand's box added to the heads' candidates, so positives fill
+    # their share of the sampled ROIs from the first step on (0: only the box itself).
+    roi_positive_jitter: int = 0
+    # Share of the negative ROI slots given to the proposals the RPN scores highest (faces,
+    # forearms: the hard negatives); the rest are drawn at random.
+    roi_hard_negative_fraction: float = 0.0
+    # ROIs per image the mask head trains on, the first positives (0: every positive slot).
+    mask_rois_per_image: int = 0
     pool_size: int = 7
     mask_pool_size: int = 14
     mask_shape: tuple[int, int] = (28, 28)
     fc_layers_size: int = 1024
     mask_head_channels: int = 256
+    # Normalisation layers: "batch" (the old model's, needed for its weights) or "group"
+    # (GroupNorm: independent of the batch, for from-scratch training with small batches).
+    norm: Literal["batch", "group"] = "batch"
+    norm_groups: int = 16  # GroupNorm groups (fewer where a layer has fewer channels)
     rpn_bbox_std_dev: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     bbox_std_dev: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     detection_max_instances: int = 20
     detection_min_confidence: float = 0.7
     detection_nms_threshold: float = 0.3
+    # One detection per class above the threshold for each ROI (Detectron's rule), instead
+    # of only its best class (matterport's): a hand of uncertain side is kept under both.
+    detection_per_class: bool = True
     mean_pixel: tuple[float, float, float] = (123.7, 116.8, 103.9)
 
     def validate(self) -> None:
@@ -139,9 +159,32 @@ class ModelConfig:
             "model.rpn_anchor_ratios",
             "must be a non-empty list of positive ratios",
         )
-        for name in ("rpn_nms_threshold", "detection_nms_threshold", "roi_positive_ratio"):
+        for name in (
+            "rpn_nms_threshold",
+            "detection_nms_threshold",
+            "roi_positive_ratio",
+            "rpn_positive_iou",
+            "rpn_negative_iou",
+        ):
             value = getattr(self, name)
             _check(0.0 < value <= 1.0, f"model.{name}", f"must be within (0, 1], got {value}")
+        _check(
+            self.rpn_negative_iou <= self.rpn_positive_iou,
+            "model.rpn_negative_iou",
+            f"must not exceed model.rpn_positive_iou ({self.rpn_positive_iou})",
+        )
+        _check(
+            bool(self.rpn_anchor_octaves) and all(o > 0 for o in self.rpn_anchor_octaves),
+            "model.rpn_anchor_octaves",
+            "must be a non-empty list of positive multiples",
+        )
+        _check(
+            0.0 <= self.roi_hard_negative_fraction <= 1.0,
+            "model.roi_hard_negative_fraction",
+            "must be within [0, 1]",
+        )
+        for name in ("roi_positive_jitter", "mask_rois_per_image"):
+            _check(getattr(self, name) >= 0, f"model.{name}", "must be >= 0")
         _check(
             0.0 <= self.detection_min_confidence <= 1.0,
             "model.detection_min_confidence",
@@ -168,6 +211,7 @@ class ModelConfig:
             "rpn_channels",
             "mask_head_channels",
             "detection_max_instances",
+            "norm_groups",
         ):
             _check(getattr(self, name) >= 1, f"model.{name}", "must be at least 1")
 
@@ -176,6 +220,9 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation recipe (matterport's defaults)."""
 
+    # "sgd" (with momentum, the old recipe), "adam", or "adamw" (weight decay decoupled from
+    # the gradient instead of added to the loss).
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     learning_rate: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 0.0001
@@ -329,10 +376,16 @@ OLD_RECIPE = {
     "lr_decay_epochs": [120],
 }
 
+# Hands are small for their pyramid level: two anchor sizes per level and a 0.5 positive IoU give
+# every hand several positive anchors instead of about one (benchmarks/anchors.py).
+HAND_ANCHOR_MATCHING = {"rpn_anchor_octaves": [1.0, 2**0.5], "rpn_positive_iou": 0.5}
+
 # Each preset is a set of changes to the defaults above (which are `hand-r101`).
 PRESETS: dict[str, dict[str, Any]] = {
-    "hand-r101": {"train": OLD_RECIPE},
-    "hand-r50": {"model": {"backbone": "resnet50"}, "train": OLD_RECIPE},
+    # One anchor size per level, as the old model had, so its weight files load (rpn_class_raw's
+    # shape follows the anchors per place); the looser positive IoU changes no weight.
+    "hand-r101": {"model": {"rpn_positive_iou": 0.5}, "train": OLD_RECIPE},
+    "hand-r50": {"model": {"backbone": "resnet50", **HAND_ANCHOR_MATCHING}, "train": OLD_RECIPE},
     "tiny": {
         "data": {
             "image_size": 128,
@@ -344,18 +397,23 @@ PRESETS: dict[str, dict[str, Any]] = {
             "backbone": "tiny",
             "fpn_channels": 64,
             "rpn_anchor_scales": [8, 16, 32, 64, 128],
+            **HAND_ANCHOR_MATCHING,
             "rpn_train_anchors_per_image": 128,
             "pre_nms_limit": 1000,
             "post_nms_rois_training": 256,
             "post_nms_rois_inference": 128,
             "train_rois_per_image": 64,
+            "roi_positive_jitter": 8,
+            "mask_rois_per_image": 6,
             "fc_layers_size": 256,
             "rpn_channels": 64,
             "mask_head_channels": 64,
             "detection_min_confidence": 0.5,
         },
+        # From scratch on CPUs (benchmarks/README.md, "What makes the tiny model learn").
         "train": {
-            "learning_rate": 0.02,
+            "optimizer": "adamw",
+            "learning_rate": 0.002,
             "images_per_worker": 4,
             "epochs": 10,
             "steps_per_epoch": 50,
@@ -363,11 +421,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "layers": "all",
             "train_bn": True,
             "bn_momentum": 0.9,
-            "warmup_steps": 50,
+            "warmup_steps": 200,
             "eval_every": 2,
             "eval_images": 32,
         },
-        "tune": {"learning_rate": [0.004, 0.04]},
+        "tune": {"learning_rate": [0.0005, 0.004]},
     },
     "matterport": {
         "data": {
@@ -383,6 +441,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "class_names": ["hand"],
             "rpn_anchor_scales": [32, 64, 128, 256, 512],
             "detection_max_instances": 100,
+            "detection_per_class": False,
         },
         "train": OLD_RECIPE,
     },

@@ -19,10 +19,12 @@ from handray.data.coco import annotation_file, load_dataset
 from handray.data.preview import preview_dataset
 from handray.data.synthetic import generate_dataset
 
-DEMO_DATA = {"train": 400, "val": 100, "size": 128, "seed": 0}
+# Thousands of training images, so that the model cannot memorise them (with 400 it reached
+# train mask AP50 0.83 and validation 0.01); generated in parallel once and reused.
+DEMO_DATA = {"train": 4000, "val": 200, "size": 128, "seed": 0}
 # Ten minutes of two CPU workers: no flips or colour changes (they slow the tiny model's
-# learning of left from right more than they help on this data), a lower detection threshold
-# so COCO evaluation sees the whole precision-recall curve.
+# learning more than they help within ten minutes), a lower detection threshold so COCO
+# evaluation sees the whole precision-recall curve.
 DEMO_TRAINING = {
     "train.epochs": 10,
     "train.steps_per_epoch": 80,
@@ -33,6 +35,7 @@ DEMO_TRAINING = {
 }
 SERVE_MIN_SCORE = 0.5  # the export's default threshold (evaluation above uses 0.05)
 TARGET_AP50 = 0.8
+TARGET_AGNOSTIC_AP50 = 0.9
 TARGET_MINUTES = 10
 
 
@@ -77,9 +80,13 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
         "min); "
         f"target under {TARGET_MINUTES} min"
     )
+    agnostic = metrics["agnostic"]["segm"]["AP50"] or 0.0
+    side = metrics["handedness"]["accuracy"]
     print(
         f"validation mask AP50 {mask_ap50:.3f} (target >= {TARGET_AP50}), "
-        f"box AP50 {metrics['bbox']['AP50'] or 0.0:.3f}"
+        f"box AP50 {metrics['bbox']['AP50'] or 0.0:.3f}; any side: mask AP50 {agnostic:.3f} "
+        f"(target >= {TARGET_AGNOSTIC_AP50}); side right for "
+        f"{'-' if side is None else f'{side:.2f}'} of the hands found"
     )
     print(f"  data:        {data}")
     print(f"  checkpoint:  {run.checkpoint}")

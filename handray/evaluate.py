@@ -2,6 +2,10 @@
 
 Statistics pycocotools leaves undefined (-1: no ground truth in that area range or class) are
 reported as None, so JSON files hold no sentinel values that could be averaged by mistake.
+
+Beside the per-class numbers come two that separate "found the hand" from "named its side": a
+class-agnostic AP (every hand one class, cross-class duplicates merged first) and the handedness
+accuracy of the hands that were found.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +53,9 @@ STAT_NAMES = (
 KINDS = ("bbox", "segm")
 METRICS_FILE = "metrics.json"
 MONTAGE_FILE = "overlays.png"
+MERGE_IOU = 0.7  # box IoU at which two detections of different classes are one hand
+MATCH_IOU = 0.5  # box IoU at which a detection finds a ground-truth hand (COCO's AP50)
+AGNOSTIC_CATEGORY = {"id": 1, "name": "hand"}
 
 Stats = dict[str, float | None]
 
@@ -88,6 +95,63 @@ def coco_evaluate(
     return _summary(_cocoeval(ground_truth, results, kind, image_ids))
 
 
+def merge_across_classes(
+    results: Sequence[dict[str, Any]], iou: float = MERGE_IOU
+) -> list[dict[str, Any]]:
+    """`results` without cross-class duplicates: per image, by falling score, a detection whose
+    box IoU with a kept detection of another class is >= `iou` is dropped.
+
+    A model that answers every region once per class reports one hand as, say, left 0.9 and
+    right 0.1; class-agnostic numbers must count that hand once, not once plus a false positive.
+    Same-class pairs were already suppressed by the model's own NMS and are left alone.
+    """
+    merged = []
+    for entries in _by_image(results).values():
+        classes = np.array([e["category_id"] for e in entries])
+        overlaps = _box_iou(entries, entries)
+        keep = np.zeros(len(entries), bool)
+        for i in range(len(entries)):
+            clash = keep & (overlaps[i] >= iou) & (classes != classes[i])
+            keep[i] = not clash.any()
+        merged += [e for e, k in zip(entries, keep, strict=True) if k]
+    return merged
+
+
+def agnostic_stats(
+    ground_truth: COCO, results: list[dict[str, Any]], image_ids: Sequence[int]
+) -> dict[str, Stats]:
+    """Box and mask stats with every hand one class: how well hands are found, whatever side
+    they are given. Pass `results` through `merge_across_classes` first."""
+    single = _agnostic_ground_truth(ground_truth)
+    entries = [{**r, "category_id": AGNOSTIC_CATEGORY["id"]} for r in results]
+    return {kind: coco_evaluate(single, entries, kind, image_ids) for kind in KINDS}
+
+
+def handedness(
+    ground_truth: COCO, results: list[dict[str, Any]], image_ids: Sequence[int]
+) -> dict[str, Any]:
+    """How often a found hand is given the right side: ``{"accuracy", "matched", "hands"}``.
+
+    Detections of any class are matched to the non-crowd hands of their image as COCO does
+    (by falling score, each to the unmatched hand it overlaps most, box IoU >= 0.5); accuracy
+    is the share of matched hands whose detection has the hand's class, None when none matched
+    or the categories do not name a left and a right side. Pass `results` through
+    `merge_across_classes` first, so a hand's low-score twin cannot claim a neighbour.
+    """
+    annotations = ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=list(image_ids)))
+    hands = _by_image([a for a in annotations if not a.get("iscrowd", 0)])
+    found = _by_image(results)
+    pairs = [pair for i, h in hands.items() for pair in _match(h, found.get(i, []))]
+    names = [c["name"].lower() for c in ground_truth.dataset["categories"]]
+    sided = any("left" in n for n in names) and any("right" in n for n in names)
+    correct = sum(h["category_id"] == d["category_id"] for h, d in pairs)
+    return {
+        "accuracy": correct / len(pairs) if pairs and sided else None,
+        "matched": len(pairs),
+        "hands": sum(map(len, hands.values())),
+    }
+
+
 def load_ground_truth(path: str | os.PathLike) -> COCO:
     """A COCO instances file as pycocotools reads it, quietly.
 
@@ -117,7 +181,8 @@ def evaluate_model(
     default), overall and per class; with `out`, the first `overlays` images are drawn there.
 
     Model classes are matched to dataset categories by name. Returns
-    ``{"bbox": stats, "segm": stats, "per_class": {name: {...}}, "images": n,
+    ``{"bbox": stats, "segm": stats, "per_class": {name: {...}}, "agnostic": {"bbox": stats,
+    "segm": stats}, "handedness": {"accuracy": x, "matched": m, "hands": n}, "images": n,
     "images_per_s": x}``; ``metrics["segm"]["AP"]`` is the mask AP. The speed counts decoding
     (overlapped with inference) and a new model's first-call graph building.
     """
@@ -152,6 +217,9 @@ def evaluate_model(
     evaluations = {kind: _cocoeval(ground_truth, results, kind, image_ids) for kind in KINDS}
     metrics: dict[str, Any] = {kind: _summary(e) for kind, e in evaluations.items()}
     metrics["per_class"] = _per_class(evaluations, dataset, records)
+    merged = merge_across_classes(results)
+    metrics["agnostic"] = agnostic_stats(ground_truth, merged, image_ids)
+    metrics["handedness"] = handedness(ground_truth, merged, image_ids)
     metrics["images"] = len(records)
     metrics["images_per_s"] = len(records) / seconds
     return metrics
@@ -184,7 +252,8 @@ def write_overlays(pictures: Sequence, out: str | os.PathLike) -> list[Path]:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """The metrics as a text table: overall box and mask rows, then one row per class."""
+    """The metrics as a text table: overall box and mask rows, one row per class, then the
+    class-agnostic AP and the handedness accuracy."""
     shown = STAT_NAMES[:6]
     lines = [f"{'':<16}" + "".join(f"{name:>8}" for name in shown)]
     for kind in KINDS:
@@ -195,9 +264,25 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     for name, row in metrics["per_class"].items():
         cells = "".join(_cell(row[c], 11) for c in columns)
         lines.append(f"{name:<16}{row['instances']:>8}{cells}")
+    lines += _hand_lines(metrics)
     lines.append("")
     lines.append(f"{metrics['images']} images, {metrics['images_per_s']:.1f} images/s")
     return "\n".join(lines)
+
+
+def _hand_lines(metrics: dict[str, Any]) -> list[str]:
+    """The class-agnostic and handedness lines (none for metrics written before they existed)."""
+    if "agnostic" not in metrics:
+        return []
+    box, mask = metrics["agnostic"]["bbox"], metrics["agnostic"]["segm"]
+    sides = metrics["handedness"]
+    return [
+        "",
+        f"{'class-agnostic':<16}box AP50 {_cell(box['AP50'], 0)}  mask AP50 "
+        f"{_cell(mask['AP50'], 0)} (AP {_cell(box['AP'], 0)} / {_cell(mask['AP'], 0)})",
+        f"{'handedness':<16}{_cell(sides['accuracy'], 0)} of {sides['matched']} matched hands "
+        f"(of {sides['hands']})",
+    ]
 
 
 def _cell(value: float | None, width: int = 8) -> str:
@@ -239,6 +324,55 @@ def _cocoeval(
         evaluation.accumulate()
         evaluation.summarize()
     return evaluation
+
+
+def _agnostic_ground_truth(ground_truth: COCO) -> COCO:
+    """`ground_truth` with every annotation in one category; crowd regions stay crowd."""
+    single = COCO()
+    single.dataset = {
+        "images": list(ground_truth.dataset["images"]),
+        "categories": [dict(AGNOSTIC_CATEGORY)],
+        "annotations": [
+            {**a, "category_id": AGNOSTIC_CATEGORY["id"]}
+            for a in ground_truth.dataset["annotations"]
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        single.createIndex()
+    return single
+
+
+def _box_iou(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> np.ndarray:
+    """[len(a), len(b)] box IoU of COCO entries (`bbox` [x, y, w, h]), none counted as crowd."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    boxes = [np.array([e["bbox"] for e in entries], np.float64) for entries in (a, b)]
+    return np.asarray(mask_utils.iou(boxes[0], boxes[1], [0] * len(b)))
+
+
+def _by_image(entries: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """COCO entries grouped by `image_id`, each group by falling score (where scored)."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for entry in sorted(entries, key=lambda e: -e.get("score", 0.0)):
+        groups.setdefault(entry["image_id"], []).append(entry)
+    return groups
+
+
+def _match(
+    hands: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]]
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(hand, detection) pairs of one image as COCO matches them: detections by falling score,
+    each to the unmatched hand it overlaps most."""
+    overlaps = _box_iou(found, hands)
+    free = np.ones(len(hands), bool)
+    pairs = []
+    for d, detection in enumerate(found):
+        allowed = free & (overlaps[d] >= MATCH_IOU)
+        if allowed.any():
+            h = int(np.where(allowed, overlaps[d], -1.0).argmax())
+            free[h] = False
+            pairs.append((hands[h], detection))
+    return pairs
 
 
 def _no_results(ground_truth: COCO) -> COCO:

@@ -81,6 +81,13 @@ def test_yaml_file_may_start_from_a_preset_and_change_a_few_keys(tmp_path):
         ({"tune.extra": {"train.weight_decay": []}}, "tune.extra.train.weight_decay: needs"),
         ({"tune.extra": {"train.learning_rate": [0.1]}}, "is set by the sweep itself"),
         ({"tune.reduction_factor": 1}, "tune.reduction_factor: must be above 1"),
+        ({"model.rpn_positive_iou": 0.2}, "model.rpn_negative_iou: must not exceed"),
+        ({"model.rpn_positive_iou": 1.5}, "model.rpn_positive_iou: must be within (0, 1]"),
+        ({"model.rpn_anchor_octaves": []}, "model.rpn_anchor_octaves: must be a non-empty"),
+        ({"model.roi_hard_negative_fraction": 2.0}, "model.roi_hard_negative_fraction: must"),
+        ({"model.roi_positive_jitter": -1}, "model.roi_positive_jitter: must be >= 0"),
+        ({"model.norm": "layer"}, "model.norm: 'layer' is not one of"),
+        ({"train.optimizer": "lamb"}, "train.optimizer: 'lamb' is not one of"),
     ],
 )
 def test_bad_values_are_named_with_what_to_do(overrides, message):

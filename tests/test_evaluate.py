@@ -1,9 +1,11 @@
 """COCO evaluation: the numbers match pycocotools run by hand, per-class rows add up to the
-overall AP, and `handray evaluate` writes a well-formed metrics.json and overlays."""
+overall AP, class-agnostic AP and handedness separate finding a hand from naming its side, and
+`handray evaluate` writes a well-formed metrics.json and overlays."""
 
 import contextlib
 import functools
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -23,7 +25,9 @@ from handray.evaluate import (
     STAT_NAMES,
     evaluate_model,
     format_metrics,
+    handedness,
     load_ground_truth,
+    merge_across_classes,
     write_metrics,
 )
 from handray.images import read_image
@@ -67,7 +71,10 @@ def _box(mask):
     return (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
 
 
-def _random_dataset(root: Path, images: int = 5, seed: int = 0, categories=None) -> Path:
+def _random_dataset(
+    root: Path, images: int = 5, seed: int = 0, categories=None, crowd: bool = False
+) -> Path:
+    """1-3 random rectangular hands per image; with `crowd`, one crowd region per image too."""
     rng = np.random.default_rng(seed)
     specs = []
     for _ in range(images):
@@ -77,6 +84,10 @@ def _random_dataset(root: Path, images: int = 5, seed: int = 0, categories=None)
             h, w = rng.integers(6, 20, 2)
             mask = rectangle_mask(SIZE, SIZE, y1, x1, y1 + h, x1 + w)
             instances.append({"mask": mask, "category_id": int(rng.integers(1, 3))})
+        if crowd:
+            y1, x1 = rng.integers(0, SIZE - 20, 2)
+            mask = rectangle_mask(SIZE, SIZE, y1, x1, y1 + 15, x1 + 15)
+            instances.append({"mask": mask, "category_id": int(rng.integers(1, 3)), "iscrowd": 1})
         specs.append({"height": SIZE, "width": SIZE, "instances": instances})
     write_dataset(root, specs, split="val", categories=categories)
     return root
@@ -214,6 +225,170 @@ def test_per_class_rows_add_up_to_the_overall_ap(tmp_path):
     assert "gloved_hand" in table and "segm" in table
 
 
+def _one_category(annotation_file, out: Path) -> Path:
+    """The annotation file with every hand in one category "hand" (crowd regions stay crowd):
+    the ground truth class-agnostic AP is defined on."""
+    coco = json.loads(Path(annotation_file).read_text())
+    coco["categories"] = [{"id": 1, "name": "hand"}]
+    for annotation in coco["annotations"]:
+        annotation["category_id"] = 1
+    out.write_text(json.dumps(coco))
+    return out
+
+
+def _as_one_class(answers):
+    return {k: {**d, "class_ids": np.ones_like(d["class_ids"])} for k, d in answers.items()}
+
+
+def _with_twins(answers):
+    """Each detection again with the other side's class at half the score, as a model that
+    answers every region once per class reports it."""
+    twinned = {}
+    for key, d in answers.items():
+        twinned[key] = {
+            "rois": np.concatenate([d["rois"], d["rois"]]),
+            "class_ids": np.concatenate([d["class_ids"], 3 - d["class_ids"]]),
+            "scores": np.concatenate([d["scores"], d["scores"] / 2]),
+            "masks": np.concatenate([d["masks"], d["masks"]]),
+        }
+    return twinned
+
+
+def _max_cross_class_iou(answers) -> float:
+    """The largest box IoU between two detections of different classes in one image."""
+    largest = 0.0
+    for d in answers.values():
+        if len(d["rois"]) < 2:
+            continue
+        y1, x1, y2, x2 = np.asarray(d["rois"], np.float64).T
+        boxes = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+        iou = np.asarray(mask_utils.iou(boxes, boxes, [0] * len(boxes)))
+        other = d["class_ids"][:, None] != d["class_ids"][None, :]
+        largest = max(largest, float(iou[other].max(initial=0.0)))
+    return largest
+
+
+def test_class_agnostic_ap_agrees_with_pycocotools_on_one_category(tmp_path):
+    dataset = load_dataset(_random_dataset(tmp_path / "data", images=6, crowd=True), "val")
+    answers = _answers(dataset, _noisy(seed=3))
+    # No two of these overlap across classes, so merging removes exactly the twins.
+    assert _max_cross_class_iou(answers) < 0.7
+    metrics = evaluate_model(
+        FakeModel(dataset.class_names, _with_twins(answers)), dataset, progress=False
+    )
+    one = _one_category(dataset.annotation_file, tmp_path / "one_category.json")
+    for kind in ("bbox", "segm"):
+        expected = _pycocotools_stats(one, _as_one_class(answers), dataset, kind)
+        for name, value in zip(STAT_NAMES, expected, strict=True):
+            wanted = pytest.approx(value) if value > -1 else None
+            assert metrics["agnostic"][kind][name] == wanted, (kind, name)
+        assert 0.0 < metrics["agnostic"][kind]["AP"] < 1.0
+        unmerged = _pycocotools_stats(one, _as_one_class(_with_twins(answers)), dataset, kind)
+        assert unmerged[0] != pytest.approx(expected[0])  # the twins would count unmerged
+
+
+def test_wrong_side_twins_are_merged_into_one_hand(small_dataset):
+    dataset = load_dataset(small_dataset, "train")
+    perfect = _perfect({1: 1, 2: 2})
+    scores = iter([0.9, 0.7, 0.5])  # each twin (0.1 less) ranks between two hands
+
+    def right_side_and_twin(record, annotations, ground_truth):
+        instances = []
+        for class_id, _, mask, box in perfect(record, annotations, ground_truth):
+            score = next(scores)
+            instances += [(class_id, score, mask, box), (3 - class_id, score - 0.1, mask, box)]
+        return instances
+
+    answers = _answers(dataset, right_side_and_twin)
+    metrics = evaluate_model(FakeModel(dataset.class_names, answers), dataset, progress=False)
+    for kind in ("bbox", "segm"):
+        assert metrics["agnostic"][kind]["AP"] == pytest.approx(1.0)
+        assert metrics["agnostic"][kind]["AP50"] == pytest.approx(1.0)
+    # Three hands (two in the first image, one beside a crowd region in the second).
+    assert metrics["handedness"] == {"accuracy": 1.0, "matched": 3, "hands": 3}
+
+
+def test_swapped_sides_lower_per_class_ap_but_not_agnostic_ap(tmp_path):
+    dataset = load_dataset(_random_dataset(tmp_path, images=6, seed=3), "val")
+    perfect = _perfect({1: 1, 2: 2})
+    hand = itertools.count()
+    swapped = []
+
+    def swap_every_third(record, annotations, ground_truth):
+        instances = []
+        for class_id, score, mask, box in perfect(record, annotations, ground_truth):
+            swapped.append(next(hand) % 3 == 0)
+            instances.append((3 - class_id if swapped[-1] else class_id, score, mask, box))
+        return instances
+
+    answers = _answers(dataset, swap_every_third)
+    assert _max_cross_class_iou(answers) < 0.7  # no two hands overlap enough to be merged
+    metrics = evaluate_model(FakeModel(dataset.class_names, answers), dataset, progress=False)
+    for kind in ("bbox", "segm"):
+        per_class_ap = _pycocotools_stats(dataset.annotation_file, answers, dataset, kind)[0]
+        assert metrics[kind]["AP"] == pytest.approx(per_class_ap)
+        assert per_class_ap < 0.9
+        assert metrics["agnostic"][kind]["AP"] == pytest.approx(1.0)
+    hands = len(swapped)
+    accuracy = (hands - sum(swapped)) / hands
+    assert 0 < sum(swapped) < hands
+    assert metrics["handedness"] == {"accuracy": accuracy, "matched": hands, "hands": hands}
+
+    written = json.loads(write_metrics(metrics, tmp_path / "out").read_text())
+    assert written["agnostic"] == metrics["agnostic"]
+    assert written["handedness"] == metrics["handedness"]
+    table = format_metrics(metrics)
+    assert "class-agnostic  box AP50 1.000  mask AP50 1.000 (AP 1.000 / 1.000)" in table
+    assert f"handedness      {accuracy:.3f} of {hands} matched hands (of {hands})" in table
+
+
+def test_one_class_model_has_no_handedness(small_dataset):
+    _one_category(small_dataset / "annotations" / "instances_train.json", small_dataset / "x")
+    (small_dataset / "x").replace(small_dataset / "annotations" / "instances_train.json")
+    dataset = load_dataset(small_dataset, "train")
+    answers = _answers(dataset, _perfect({1: 1}))
+    metrics = evaluate_model(FakeModel(["hand"], answers), dataset, progress=False)
+    assert metrics["handedness"] == {"accuracy": None, "matched": 3, "hands": 3}
+    assert metrics["agnostic"]["segm"]["AP"] == pytest.approx(1.0)
+    assert "handedness      - of 3 matched hands (of 3)" in format_metrics(metrics)
+
+
+def _entry(image_id, category_id, score, bbox):
+    return {"image_id": image_id, "category_id": category_id, "score": score, "bbox": bbox}
+
+
+def test_handedness_matches_each_hand_once_by_falling_score(small_dataset):
+    ground_truth = load_ground_truth(small_dataset / "annotations" / "instances_train.json")
+    left, right = [10, 5, 30, 25], [60, 20, 35, 30]  # image 1's hands; image 2: a right hand
+    results = [
+        _entry(2, 1, 0.5, [2, 2, 3, 3]),  # on image 2's crowd region: ignored
+        _entry(1, 2, 0.7, [64, 20, 35, 30]),  # right hand, IoU 0.8: right side
+        _entry(1, 1, 0.8, left),  # left hand again, lower: the hand is taken
+        _entry(1, 2, 0.9, left),  # left hand first: wrong side
+    ]
+    assert [a["bbox"] for a in ground_truth.loadAnns([1, 2])] == [left, right]
+    # Two of three hands found (image 2's hand is missed), one with the right side.
+    expected = {"accuracy": 0.5, "matched": 2, "hands": 3}
+    assert handedness(ground_truth, results, [1, 2, 3]) == expected
+
+
+@pytest.mark.parametrize(
+    ("low", "kept"),
+    [
+        (_entry(1, 2, 0.3, [0, 0, 10, 9]), [0.9]),  # other side, IoU 0.9: one hand
+        (_entry(1, 2, 0.3, [0, 0, 10, 7]), [0.9]),  # other side, IoU exactly 0.7
+        (_entry(1, 2, 0.3, [0, 0, 10, 6]), [0.3, 0.9]),  # other side, IoU 0.6: two hands
+        (_entry(1, 1, 0.3, [0, 0, 10, 9]), [0.3, 0.9]),  # same side: the model's NMS decided
+        (_entry(1, 2, 0.3, [40, 40, 10, 10]), [0.3, 0.9]),  # other side, far apart
+        (_entry(2, 2, 0.3, [0, 0, 10, 10]), [0.3, 0.9]),  # same place in another image
+    ],
+)
+def test_merge_across_classes_drops_only_lower_other_side_twins(low, kept):
+    high = _entry(1, 1, 0.9, [0, 0, 10, 10])
+    merged = merge_across_classes([low, high])  # listed low first: order is by score
+    assert sorted(r["score"] for r in merged) == kept
+
+
 def test_limit_evaluates_only_the_first_images(tmp_path):
     dataset = load_dataset(_random_dataset(tmp_path, images=5), "val")
     perfect = _perfect({1: 1, 2: 2})
@@ -289,7 +464,15 @@ def test_evaluate_command_writes_metrics_and_overlays(tiny_checkpoint, tmp_path,
     printed = capsys.readouterr().out
     assert str(out / "metrics.json") in printed and "left_hand" in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"bbox", "segm", "per_class", "images", "images_per_s"}
+    assert set(metrics) == {
+        "bbox",
+        "segm",
+        "per_class",
+        "agnostic",
+        "handedness",
+        "images",
+        "images_per_s",
+    }
     assert metrics["images"] == 2
     assert set(metrics["per_class"]) == {"left_hand", "right_hand"}
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics["segm"])

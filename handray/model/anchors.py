@@ -9,20 +9,22 @@ import numpy as np
 
 
 def level_anchors(
-    scale: float,
+    scale: float | Sequence[float],
     ratios: Sequence[float],
     feature_shape: tuple[int, int],
     feature_stride: int,
     anchor_stride: int = 1,
 ) -> np.ndarray:
-    """Pixel anchors [N, 4] (y1, x1, y2, x2) of one level, ordered by row, column, then ratio.
+    """Pixel anchors [N, 4] (y1, x1, y2, x2) of one level, ordered by row, column, then scale,
+    then ratio.
 
     Heights are scale / sqrt(ratio) and widths scale * sqrt(ratio) (ratio = width / height),
     centred on (row * feature_stride, column * feature_stride) as in the old model.
     """
     ratios = np.asarray(ratios, np.float64)
-    heights = scale / np.sqrt(ratios)
-    widths = scale * np.sqrt(ratios)
+    scales = np.atleast_1d(np.asarray(scale, np.float64))[:, None]
+    heights = (scales / np.sqrt(ratios)).reshape(-1)
+    widths = (scales * np.sqrt(ratios)).reshape(-1)
     rows = np.arange(0, feature_shape[0], anchor_stride) * feature_stride
     cols = np.arange(0, feature_shape[1], anchor_stride) * feature_stride
     centre_y, centre_x = np.meshgrid(rows, cols, indexing="ij")
@@ -43,11 +45,15 @@ def generate_anchors(
     ratios: Sequence[float],
     strides: Sequence[int],
     anchor_stride: int = 1,
+    octaves: Sequence[float] = (1.0,),
 ) -> np.ndarray:
-    """All levels' anchors, normalised by the image size: float32 [N, 4], P2 first."""
+    """All levels' anchors, normalised by the image size: float32 [N, 4], P2 first.
+
+    Each level has anchors of side `scale * octave` for every octave, at every ratio.
+    """
     shapes = pyramid_feature_shapes(image_size, strides)
     anchors = [
-        level_anchors(scale, ratios, shape, stride, anchor_stride)
+        level_anchors([scale * o for o in octaves], ratios, shape, stride, anchor_stride)
         for scale, shape, stride in zip(scales, shapes, strides, strict=True)
     ]
     return (np.concatenate(anchors) / image_size).astype(np.float32)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from handray.model.batchnorm import BatchNorm
+from handray.model.norm import Norm
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ ARCHITECTURES = {
 }
 
 
-def build_backbone(image: keras.KerasTensor, architecture: str, norm: BatchNorm) -> list:
+def build_backbone(image: keras.KerasTensor, architecture: str, norm: Norm) -> list:
     """Stages C2..C5 of a ResNet applied to `image` (already mean-subtracted)."""
     spec = ARCHITECTURES[architecture]
     x = layers.ZeroPadding2D((3, 3), name="conv1_pad")(image)
@@ -60,7 +60,7 @@ def _bottleneck(
     block: str,
     strides: int,
     project: bool,
-    norm: BatchNorm,
+    norm: Norm,
 ):
     """One residual block; the first of a stage projects the shortcut (`..._branch1`)."""
     f1, f2, f3 = filters

@@ -9,11 +9,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from handray.model.batchnorm import BatchNorm
+from handray.model.norm import Norm
 
 
 def build_box_head(
-    pool_size: int, channels_in: int, fc_size: int, num_classes: int, norm: BatchNorm
+    pool_size: int, channels_in: int, fc_size: int, num_classes: int, norm: Norm
 ) -> keras.Model:
     """ROI features -> (class logits [N, K], class probabilities [N, K], deltas [N, K, 4])."""
     pooled = keras.Input((pool_size, pool_size, channels_in), name="input_roi_features")
@@ -33,7 +33,7 @@ def build_box_head(
 
 
 def build_mask_head(
-    pool_size: int, channels_in: int, width: int, num_classes: int, norm: BatchNorm
+    pool_size: int, channels_in: int, width: int, num_classes: int, norm: Norm
 ) -> keras.Model:
     """ROI features -> per-class mask probabilities [N, 2*pool, 2*pool, K]."""
     pooled = keras.Input((pool_size, pool_size, channels_in), name="input_mask_features")

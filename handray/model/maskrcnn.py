@@ -16,13 +16,13 @@ import tensorflow as tf
 
 from handray.config import Config
 from handray.data.resize import boxes_to_original, resize_and_pad
-from handray.model import losses
+from handray.model import diagnostics, losses
 from handray.model.anchors import generate_anchors
 from handray.model.backbone import build_backbone
-from handray.model.batchnorm import BatchNorm
 from handray.model.detection import paste_masks, refine_detections
 from handray.model.fpn import build_fpn
 from handray.model.heads import build_box_head, build_mask_head
+from handray.model.norm import Norm
 from handray.model.proposals import generate_proposals
 from handray.model.roi_align import pyramid_roi_align
 from handray.model.rpn import build_rpn_model, run_rpn
@@ -46,12 +46,12 @@ class MaskRCNN(keras.Model):
         super().__init__(name="mask_rcnn", **kwargs)
         self.config = config
         model, size = config.model, config.data.image_size
-        norm = BatchNorm(config.train.train_bn, config.train.bn_momentum)
+        norm = Norm(model.norm, config.train.train_bn, config.train.bn_momentum, model.norm_groups)
         image = keras.Input((size, size, 3), name="input_image")
         pyramid = build_fpn(build_backbone(image, model.backbone, norm), model.fpn_channels)
         self.features = keras.Model(image, pyramid, name="resnet_fpn")
         self.rpn = build_rpn_model(
-            len(model.rpn_anchor_ratios),
+            len(model.rpn_anchor_ratios) * len(model.rpn_anchor_octaves),
             model.fpn_channels,
             model.rpn_channels,
             model.rpn_anchor_stride,
@@ -73,6 +73,7 @@ class MaskRCNN(keras.Model):
                 model.rpn_anchor_ratios,
                 model.backbone_strides,
                 model.rpn_anchor_stride,
+                model.rpn_anchor_octaves,
             )
         )
         self._mean_pixel = tf.constant(model.mean_pixel, tf.float32)
@@ -132,6 +133,7 @@ class MaskRCNN(keras.Model):
             min_confidence=model.detection_min_confidence,
             nms_threshold=model.detection_nms_threshold,
             max_instances=model.detection_max_instances,
+            per_class=model.detection_per_class,
         )
         masks = self._segment(pyramid, detections["boxes"], training=False)
         masks = tf.gather(
@@ -142,7 +144,8 @@ class MaskRCNN(keras.Model):
     def train_step_losses(
         self, batch: dict[str, tf.Tensor], training: bool = True
     ) -> dict[str, tf.Tensor]:
-        """All losses of one training batch (from `handray.data.pipeline`), with their total.
+        """All losses of one training batch (from `handray.data.pipeline`), with their total,
+        and the per-stage diagnostics of `handray.model.diagnostics`.
 
         `training=False` gives validation losses: batch norm uses its moving statistics.
         """
@@ -152,13 +155,15 @@ class MaskRCNN(keras.Model):
         gt_class_ids, gt_crowd = batch["gt_class_ids"], batch["gt_crowd"]
         pyramid = self._pyramid(batch["image"], training=training)
         rpn_logits, rpn_probs, rpn_deltas = run_rpn(self.rpn, pyramid, training=training)
-        anchor_labels, anchor_deltas = rpn_targets(
+        anchor_labels, anchor_deltas, anchors_per_hand = rpn_targets(
             self.anchors,
             gt_boxes,
             gt_class_ids,
             gt_crowd,
             model.rpn_train_anchors_per_image,
             self._rpn_std,
+            positive_iou=model.rpn_positive_iou,
+            negative_iou=model.rpn_negative_iou,
         )
         proposals, proposal_valid = self._proposals(
             tf.stop_gradient(rpn_probs),
@@ -178,9 +183,12 @@ class MaskRCNN(keras.Model):
             std_dev=self._bbox_std,
             mask_shape=model.mask_shape,
             mini_mask=self.config.data.use_mini_mask,
+            positive_jitter=model.roi_positive_jitter,
+            hard_negative_fraction=model.roi_hard_negative_fraction,
+            mask_rois=model.mask_rois_per_image,
         )
         class_logits, _, deltas = self._classify(pyramid, targets.rois, training=training)
-        slots = targets.positive_slots
+        slots = targets.mask_slots
         masks = self._segment(pyramid, targets.rois[:, :slots], training=training)
         values = {
             "rpn_class_loss": losses.rpn_class_loss(anchor_labels, rpn_logits),
@@ -195,11 +203,18 @@ class MaskRCNN(keras.Model):
                 targets.class_ids[:, :slots], targets.positive[:, :slots], targets.masks, masks
             ),
         }
-        values["weight_decay_loss"] = losses.weight_decay_loss(
-            self.trainable_variables, self.config.train.weight_decay
+        if self.config.train.optimizer != "adamw":  # AdamW decays the weights itself
+            values["weight_decay_loss"] = losses.weight_decay_loss(
+                self.trainable_variables, self.config.train.weight_decay
+            )
+        values["loss"] = tf.add_n(
+            [weights.get(name, 1.0) * value for name, value in values.items()]
         )
-        values["loss"] = values["weight_decay_loss"] + tf.add_n(
-            [weights[name] * value for name, value in values.items() if name in weights]
+        real = (gt_class_ids > 0) & ~gt_crowd
+        values.update(
+            diagnostics.training_diagnostics(
+                anchors_per_hand, real, gt_boxes, proposals, proposal_valid, targets, class_logits
+            )
         )
         return values
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def sample_indices(candidates: tf.Tensor, slots: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Pick up to `slots` random True positions per row of a [B, N] mask.
+def sample_indices(
+    candidates: tf.Tensor, slots: int, priority: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pick up to `slots` True positions per row of a [B, N] mask: random ones, or those of
+    highest `priority` ([B, N] or [N], values in [0, 1]) when given.
 
     Returns (indices [B, slots], valid [B, slots]); a row with fewer candidates pads with
-    invalid slots (index 0). Random priorities plus top-k keep shapes fixed for XLA.
+    invalid slots (index 0). Priorities plus top-k keep shapes fixed for XLA.
     """
-    priority = tf.where(candidates, tf.random.uniform(tf.shape(candidates)), -1.0)
+    if priority is None:
+        priority = tf.random.uniform(tf.shape(candidates))
+    priority = tf.where(candidates, priority, -1.0)
     values, indices = tf.math.top_k(priority, k=min(slots, candidates.shape[1]))
     missing = slots - values.shape[1]  # more slots than candidates: pad with invalid ones
     values = tf.pad(values, [[0, 0], [0, missing]], constant_values=-1.0)

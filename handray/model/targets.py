@@ -15,8 +15,6 @@ from handray.model.boxes import box_iou, encode_boxes
 from handray.model.roi_align import crop_and_resize, pixel_centre_boxes
 from handray.model.sampling import sample_indices, sample_mask
 
-RPN_POSITIVE_IOU = 0.7
-RPN_NEGATIVE_IOU = 0.3
 ROI_POSITIVE_IOU = 0.5
 CROWD_IOU = 0.001
 
@@ -39,12 +37,16 @@ def rpn_targets(
     gt_crowd: tf.Tensor,
     anchors_per_image: int,
     std_dev: tf.Tensor,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Anchor labels [B, N] (1 positive, -1 negative, 0 ignored) and box targets [B, N, 4].
+    positive_iou: float = 0.7,
+    negative_iou: float = 0.3,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Anchor labels [B, N] (1 positive, -1 negative, 0 ignored), box targets [B, N, 4], and
+    the number of positive anchors each hand has before sampling [B, M] (a diagnostic: a hand
+    with one positive anchor trains the RPN far less than one with five).
 
-    Positive: IoU >= 0.7 with a hand, or the best anchor of a hand. Negative: IoU < 0.3 with
-    every hand and no contact with crowd regions. At most half the sampled anchors are positive;
-    negatives fill the rest of `anchors_per_image`.
+    Positive: IoU >= `positive_iou` with a hand, or the best anchor of a hand. Negative: IoU
+    < `negative_iou` with every hand and no contact with crowd regions. At most half the
+    sampled anchors are positive; negatives fill the rest of `anchors_per_image`.
     """
     batch = tf.shape(gt_boxes)[0]
     real, crowd = _real_and_crowd(gt_class_ids, gt_crowd)
@@ -54,9 +56,11 @@ def rpn_targets(
     best_gt = tf.argmax(iou, axis=-1, output_type=tf.int32)
     best_per_gt = tf.reduce_max(iou, axis=1, keepdims=True)
     is_best = tf.reduce_any((iou >= best_per_gt) & (iou > 0.0) & real[:, None, :], axis=-1)
-    positive = (best_iou >= RPN_POSITIVE_IOU) | is_best
-    negative = (best_iou < RPN_NEGATIVE_IOU) & ~positive
+    positive = (best_iou >= positive_iou) | is_best
+    negative = (best_iou < negative_iou) & ~positive
     negative &= ~_touches_crowd(all_anchors, gt_boxes, crowd)
+    owner = tf.one_hot(best_gt, tf.shape(gt_boxes)[1]) * tf.cast(positive, tf.float32)[..., None]
+    positives_per_hand = tf.reduce_sum(owner, axis=1) * tf.cast(real, tf.float32)
     half = anchors_per_image // 2
     positive = sample_mask(positive, tf.fill([batch], half), half)
     needed = anchors_per_image - tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)
@@ -64,20 +68,22 @@ def rpn_targets(
     labels = tf.where(positive, 1, tf.where(negative, -1, 0))
     matched = tf.gather(gt_boxes, best_gt, batch_dims=1)
     deltas = encode_boxes(all_anchors, matched, std_dev)
-    return labels, deltas * tf.cast(positive, deltas.dtype)[..., None]
+    return labels, deltas * tf.cast(positive, deltas.dtype)[..., None], positives_per_hand
 
 
 @dataclass
 class RoiTargets:
-    """Sampled ROIs [B, T, 4] with their targets; the first `positive_slots` hold positives."""
+    """Sampled ROIs [B, T, 4] with their targets; the first `positive_slots` hold positives,
+    and the first `mask_slots` of those have mask targets."""
 
     rois: tf.Tensor
     valid: tf.Tensor  # [B, T] a real ROI (positive or negative)
     positive: tf.Tensor  # [B, T]
     class_ids: tf.Tensor  # [B, T] 0 for negatives
     deltas: tf.Tensor  # [B, T, 4] box targets (zero except positives)
-    masks: tf.Tensor  # [B, positive_slots, h, w] mask targets of the positive slots
+    masks: tf.Tensor  # [B, mask_slots, h, w] mask targets of the first positive slots
     positive_slots: int
+    mask_slots: int
 
 
 def detection_targets(
@@ -93,16 +99,24 @@ def detection_targets(
     std_dev: tf.Tensor,
     mask_shape: tuple[int, int],
     mini_mask: bool,
+    positive_jitter: int = 0,
+    hard_negative_fraction: float = 0.0,
+    mask_rois: int = 0,
 ) -> RoiTargets:
     """Sample ROIs for the heads from proposals plus the ground-truth boxes themselves.
 
     Positives (IoU >= 0.5 with a hand) fill up to `rois_per_image * positive_ratio` slots;
     negatives (IoU < 0.5, away from crowd regions) fill the remaining slots. Adding the
-    ground-truth boxes as candidates gives the heads positives from the first step on.
+    ground-truth boxes, and `positive_jitter` jittered copies of each, as candidates gives the
+    heads their share of positives from the first step on, before the RPN proposes hands.
+    `hard_negative_fraction` of the negative slots go to the negatives the RPN ranks highest
+    (proposals arrive best first): the faces and forearms the classifier must learn to reject.
+    `mask_rois` (0: all positive slots) bounds the positives given mask targets.
     """
     real, crowd = _real_and_crowd(gt_class_ids, gt_crowd)
-    candidates = tf.concat([proposals, gt_boxes], axis=1)
-    candidate_valid = tf.concat([proposal_valid, real], axis=1)
+    jittered = [jitter_boxes(gt_boxes) for _ in range(positive_jitter)]
+    candidates = tf.concat([proposals, gt_boxes, *jittered], axis=1)
+    candidate_valid = tf.concat([proposal_valid, *[real] * (1 + positive_jitter)], axis=1)
     iou = tf.where(real[:, None, :], box_iou(candidates, gt_boxes), -1.0)
     best_iou = tf.reduce_max(iou, axis=-1)
     best_gt = tf.argmax(iou, axis=-1, output_type=tf.int32)
@@ -111,8 +125,10 @@ def detection_targets(
     negative &= ~_touches_crowd(candidates, gt_boxes, crowd)
 
     positive_slots = int(rois_per_image * positive_ratio)
+    negatives = rois_per_image - positive_slots
+    mask_slots = min(mask_rois or positive_slots, positive_slots)
     pos_index, pos_valid = sample_indices(positive, positive_slots)
-    neg_index, neg_valid = sample_indices(negative, rois_per_image - positive_slots)
+    neg_index, neg_valid = _sample_negatives(negative, negatives, hard_negative_fraction)
     pos_rois = tf.gather(candidates, pos_index, batch_dims=1)
     neg_rois = tf.gather(candidates, neg_index, batch_dims=1)
     pos_gt = tf.gather(best_gt, pos_index, batch_dims=1)
@@ -122,17 +138,51 @@ def detection_targets(
     matched_boxes = tf.gather(gt_boxes, pos_gt, batch_dims=1)
     pos_deltas = encode_boxes(pos_rois, matched_boxes, std_dev) * pos_float
     pos_classes = tf.where(pos_valid, tf.gather(gt_class_ids, pos_gt, batch_dims=1), 0)
-    masks = _mask_targets(pos_rois, pos_gt, matched_boxes, gt_masks, mask_shape, mini_mask)
-    negatives = rois_per_image - positive_slots
+    masks = _mask_targets(
+        pos_rois[:, :mask_slots],
+        pos_gt[:, :mask_slots],
+        matched_boxes[:, :mask_slots],
+        gt_masks,
+        mask_shape,
+        mini_mask,
+    )
     return RoiTargets(
         rois=tf.concat([pos_rois * pos_float, neg_rois * neg_float], axis=1),
         valid=tf.concat([pos_valid, neg_valid], axis=1),
         positive=tf.concat([pos_valid, tf.zeros_like(neg_valid)], axis=1),
         class_ids=tf.concat([pos_classes, tf.zeros_like(neg_index)], axis=1),
         deltas=tf.concat([pos_deltas, tf.zeros([tf.shape(gt_boxes)[0], negatives, 4])], axis=1),
-        masks=masks * pos_float[..., None],
+        masks=masks * pos_float[:, :mask_slots, :, None],
         positive_slots=positive_slots,
+        mask_slots=mask_slots,
     )
+
+
+def jitter_boxes(boxes: tf.Tensor, shift: float = 0.1, scale: float = 0.15) -> tf.Tensor:
+    """Boxes [B, M, 4] moved by up to `shift` of their size and rescaled by up to `scale` per
+    side (log-uniform): nearby positives like those a trained RPN proposes."""
+    size = boxes[..., 2:] - boxes[..., :2]
+    centre = 0.5 * (boxes[..., 2:] + boxes[..., :2])
+    centre += size * tf.random.uniform(tf.shape(size), -shift, shift)
+    size *= tf.exp(tf.random.uniform(tf.shape(size), -scale, scale))
+    return tf.concat([centre - 0.5 * size, centre + 0.5 * size], axis=-1)
+
+
+def _sample_negatives(
+    negative: tf.Tensor, slots: int, hard_fraction: float
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`hard_fraction` of the slots for the first (highest-ranked) negatives, the rest random."""
+    hard_slots = round(slots * hard_fraction)
+    if hard_slots == 0:
+        return sample_indices(negative, slots)
+    count = negative.shape[1]
+    rank = 1.0 - tf.range(count, dtype=tf.float32) / count  # earlier candidates first
+    hard_index, hard_valid = sample_indices(negative, hard_slots, rank)
+    taken = tf.reduce_any(
+        tf.cast(tf.one_hot(hard_index, count), tf.bool) & hard_valid[..., None], axis=1
+    )
+    rest_index, rest_valid = sample_indices(negative & ~taken, slots - hard_slots)
+    return tf.concat([hard_index, rest_index], 1), tf.concat([hard_valid, rest_valid], 1)
 
 
 def _mask_targets(

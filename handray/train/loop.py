@@ -91,7 +91,11 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    """SGD with momentum on the warm-up/step-decay schedule; loss-scaled for mixed precision."""
+    """`train.optimizer` on the warm-up/step-decay schedule; loss-scaled for mixed precision.
+
+    SGD with momentum is the old recipe (for fine-tuning old weights); Adam and AdamW train
+    a model from scratch far faster on small CPU runs (benchmarks/README.md).
+    """
     schedule = WarmupStepDecay(
         train.learning_rate,
         train.warmup_steps,
@@ -100,7 +104,13 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     )
     # Fixed names: Keras numbers unnamed optimizers (sgd_1, ...) and checkpoints store their
     # variables by path.
-    optimizer = keras.optimizers.SGD(schedule, momentum=train.momentum, name="sgd")
+    if train.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay, name="adamw")
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    elif train.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(schedule, name="adam")
+    else:
+        optimizer = keras.optimizers.SGD(schedule, momentum=train.momentum, name="sgd")
     if train.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name="loss_scale")
     return optimizer
@@ -272,6 +282,8 @@ class _Epochs:
         """
         strategy = self.context.strategy
         statistics = [v for v in self.model.weights if v.name in ("moving_mean", "moving_variance")]
+        if not statistics:  # group norm keeps none
+            return lambda: None
 
         def replica():
             context = tf.distribute.get_replica_context()
@@ -300,6 +312,8 @@ class _Epochs:
             "val_mask_ap": metrics["segm"]["AP"],
             "val_mask_ap50": metrics["segm"]["AP50"],
             "val_box_ap": metrics["bbox"]["AP"],
+            "val_agnostic_mask_ap50": metrics["agnostic"]["segm"]["AP50"],
+            "val_side_accuracy": metrics["handedness"]["accuracy"],
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -364,4 +378,15 @@ def _progress_line(metrics: dict[str, float], epochs: int) -> str:
     )
     if "val_mask_ap" in metrics:
         line += f"  val mask AP {metrics['val_mask_ap']:.3f} AP50 {metrics['val_mask_ap50']:.3f}"
+        if "val_agnostic_mask_ap50" in metrics:
+            line += f" (any side {metrics['val_agnostic_mask_ap50']:.3f})"
+    if "rpn_positives_per_hand" in metrics:
+        line += (
+            f"\n  stages: RPN {metrics['rpn_positives_per_hand']:.1f} positives/hand, "
+            f"val proposal recall@100 {metrics['val_proposal_recall_50']:.2f} (IoU .5) "
+            f"{metrics['val_proposal_recall_70']:.2f} (.7) | heads: positives "
+            f"{metrics['roi_positive_ratio']:.2f} of ROIs, val fg accuracy "
+            f"{metrics['val_head_fg_accuracy']:.2f}, val side accuracy "
+            f"{metrics['val_handedness_accuracy']:.2f}"
+        )
     return line

@@ -47,7 +47,27 @@ LOSS_PANELS = (
         ),
     ),
     ("validation loss", ("loss", "val_loss")),
-    ("validation AP (fixed subset)", ("val_mask_ap", "val_mask_ap50", "val_box_ap")),
+    (
+        "validation AP (fixed subset)",
+        (
+            "val_mask_ap",
+            "val_mask_ap50",
+            "val_box_ap",
+            "val_agnostic_mask_ap50",
+            "val_side_accuracy",
+        ),
+    ),
+    (
+        "stages (validation batches): RPN, proposals, heads",
+        (
+            "val_proposal_recall_50",
+            "val_proposal_recall_70",
+            "roi_positive_ratio",
+            "val_head_fg_accuracy",
+            "val_handedness_accuracy",
+        ),
+    ),
+    ("RPN positive anchors per hand", ("rpn_positives_per_hand",)),
 )
 
 

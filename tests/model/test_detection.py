@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from handray.model.boxes import box_iou
@@ -18,7 +19,8 @@ def numpy_nms(boxes, scores, threshold):
     return keep
 
 
-def test_refine_detections_matches_a_per_class_numpy_reference():
+@pytest.mark.parametrize("per_class", [True, False])
+def test_refine_detections_matches_a_per_class_numpy_reference(per_class):
     rng = np.random.default_rng(0)
     rois_n, classes = 40, 3
     centres = rng.uniform(0.2, 0.8, (rois_n, 2))
@@ -39,12 +41,19 @@ def test_refine_detections_matches_a_per_class_numpy_reference():
         min_confidence=0.4,
         nms_threshold=0.3,
         max_instances=10,
+        per_class=per_class,
     )
-    # Reference: best non-background class, decode with numpy, clip, filter, NMS per class,
-    # best 10 by score.
-    class_ids = probs[:, 1:].argmax(1) + 1
-    scores = probs[:, 1:].max(1)
-    d = deltas[np.arange(rois_n), class_ids] * STD.numpy()
+    # Reference: every (ROI, hand class) pair (per_class) or each ROI's best non-background
+    # class; decode with numpy, clip, filter, NMS per class, best 10 by score.
+    if per_class:
+        roi_index = np.repeat(np.arange(rois_n), classes - 1)
+        class_ids = np.tile(np.arange(1, classes), rois_n)
+    else:
+        roi_index = np.arange(rois_n)
+        class_ids = probs[:, 1:].argmax(1) + 1
+    scores = probs[roi_index, class_ids]
+    d = deltas[roi_index, class_ids] * STD.numpy()
+    rois, valid = rois[roi_index], valid[roi_index]
     h, w = rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]
     cy, cx = rois[:, 0] + h / 2 + d[:, 0] * h, rois[:, 1] + w / 2 + d[:, 1] * w
     h, w = h * np.exp(d[:, 2]), w * np.exp(d[:, 3])

@@ -12,6 +12,7 @@ from handray.data.pipeline import build_dataset
 from handray.data.synthetic import generate_dataset
 from handray.evaluate import coco_evaluate, coco_results
 from handray.model import build_model
+from handray.train.loop import make_optimizer
 from handray.train.step import make_train_step
 
 STEPS = 400
@@ -21,11 +22,10 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
     keras.utils.set_random_seed(0)
     root = tmp_path / "hands"
     generate_dataset(root, train=16, val=1, size=128, seed=1, workers=1, progress=False)
-    config = load_config("tiny", {"data.augment": False})
+    config = load_config("tiny", {"data.augment": False, "train.warmup_steps": 20})
     dataset = load_dataset(root, "train")
     model = build_model(config, jit_compile=False)
-    optimizer = keras.optimizers.SGD(config.train.learning_rate, momentum=config.train.momentum)
-    step = make_train_step(model, optimizer)
+    step = make_train_step(model, make_optimizer(config.train))
     batches = iter(build_dataset(dataset, config, training=True))
     first = float(step(next(batches))["loss"])
     for _ in range(STEPS - 1):

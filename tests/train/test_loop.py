@@ -156,3 +156,29 @@ def test_mixed_precision_trains_with_finite_losses(hands, tmp_path):
     train_worker(config, hands, WorkerContext(report=collector))
     assert np.isfinite(collector.metrics[0]["loss"])
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_group_norm_with_adam_trains_and_checkpoints_its_optimizer(hands, tmp_path, optimizer):
+    """The from-scratch recipe: group norm (no moving statistics to average across workers)
+    with Adam or AdamW (whose decay replaces the loss's weight-decay term)."""
+    config = small_config(
+        **{"model.norm": "group", "train.optimizer": optimizer, "train.epochs": 1}
+    )
+    collector = Collector(tmp_path)
+    train_worker(config, hands, WorkerContext(report=collector))
+    metrics = collector.metrics[0]
+    assert np.isfinite(metrics["loss"])
+    assert ("weight_decay_loss" in metrics) == (optimizer == "adam")
+    assert 0.0 <= metrics["val_proposal_recall_50"] <= 1.0
+
+    from handray.model import build_model
+    from handray.train.checkpoint import restore_optimizer
+    from handray.train.loop import make_optimizer
+
+    model = build_model(config)
+    assert not [v for v in model.weights if v.name in ("moving_mean", "moving_variance")]
+    assert model.get_layer("bn_conv1").__class__.__name__ == "GroupNormalization"
+    fresh = make_optimizer(config.train)
+    fresh.build(model.trainable_variables)
+    assert restore_optimizer(fresh, collector.checkpoints[0]) == len(fresh.variables)
