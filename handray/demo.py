@@ -27,9 +27,10 @@ DEMO_DATA = {"train": 4000, "val": 200, "size": 128, "seed": 0}
 # evaluation sees the whole precision-recall curve.
 DEMO_TRAINING = {
     "train.epochs": 10,
-    "train.steps_per_epoch": 80,
+    "train.steps_per_epoch": 180,
     "train.validation_steps": 5,
     "train.eval_every": 5,
+    "train.eval_images": 50,
     "model.detection_min_confidence": 0.05,
     "data.augment": False,
 }

@@ -53,6 +53,7 @@ STAT_NAMES = (
 KINDS = ("bbox", "segm")
 METRICS_FILE = "metrics.json"
 MONTAGE_FILE = "overlays.png"
+OVERLAY_MIN_SCORE = 0.5  # detections drawn on overlays (the serving default)
 MERGE_IOU = 0.7  # box IoU at which two detections of different classes are one hand
 MATCH_IOU = 0.5  # box IoU at which a detection finds a ground-truth hand (COCO's AP50)
 AGNOSTIC_CATEGORY = {"id": 1, "name": "hand"}
@@ -176,9 +177,12 @@ def evaluate_model(
     overlays: int = 0,
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    overlay_min_score: float = OVERLAY_MIN_SCORE,
 ) -> dict[str, Any]:
     """COCO box and mask metrics of `model` on the first `limit` images of `dataset` (all by
-    default), overall and per class; with `out`, the first `overlays` images are drawn there.
+    default), overall and per class; with `out`, the first `overlays` images are drawn there,
+    with the detections scoring at least `overlay_min_score` (AP counts every detection: it
+    needs the low-score tail that a picture would drown in).
 
     Model classes are matched to dataset categories by name. Returns
     ``{"bbox": stats, "segm": stats, "per_class": {name: {...}}, "agnostic": {"bbox": stats,
@@ -206,7 +210,10 @@ def evaluate_model(
             for record, image, detection in zip(batch, images, detections, strict=True):
                 results += coco_results(record.image_id, detection, category_ids)
                 if out is not None and len(pictures) < overlays:
-                    pictures.append(draw_detection(image, detection, class_names))
+                    shown = {
+                        k: v[detection["scores"] >= overlay_min_score] for k, v in detection.items()
+                    }
+                    pictures.append(draw_detection(image, shown, class_names))
             bar.update(len(images))
     seconds = time.perf_counter() - start
     if pictures:

@@ -40,6 +40,7 @@ SWEEP = [
     "train.validation_steps=2",
     "train.images_per_worker=2",
     "train.warmup_steps=2",
+    "train.optimizer=sgd",  # the lowest rate then learns slowest, the trial ASHA must stop
     "train.eval_every=0",
     "tune.learning_rate=[1.0e-7, 0.02]",
     "tune.anchor_sets=[hand-small]",
