@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from handray.data import synthetic
+from handray.data.hand_paint import SKIN, draw_hand, skin_distance, skin_tone
+from handray.data.hand_shape import place, sample_pose
 from handray.data.synthetic import (
     SynthSummary,
     generate_dataset,
@@ -20,7 +26,7 @@ from handray.data.synthetic import (
 from handray.errors import DatasetError
 
 SIZE = 96
-WRIST, INDEX_MCP, LITTLE_MCP = 0, 8, 20
+WRIST, THUMB_MCP, THUMB_CMC, INDEX_MCP, LITTLE_MCP = 0, 3, 4, 8, 20
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -123,28 +129,32 @@ def test_keypoint_visibility_agrees_with_the_mask(cocos):
 
 
 def test_annotations_follow_the_scene_geometry_and_chirality():
-    """v=0 exactly for keypoints outside the image; class and handedness agree with the drawing."""
-    size, checked = 64, 0
+    """v=0 exactly for keypoints outside the image; class, view and chirality agree with the
+    drawing: the silhouette is mirrored for a left palm and for a right back, never otherwise."""
+    size, checked, seen = 64, 0, set()
     for index in range(1, 13):
         _, label, hands = synthetic._compose(11, "train", index, size)
         _, annotations = render_sample(11, "train", index, size)
         remaining = iter(annotations)
-        for i, (uv, is_left) in enumerate(hands, start=1):
+        for i, (uv, is_left, view) in enumerate(hands, start=1):
             if not (label == i).any():
                 continue  # hidden completely: no annotation
             annotation = next(remaining)
             assert annotation["category_id"] == (1 if is_left else 2)
+            assert annotation["view"] == view
+            seen.add((is_left, view))
             uv = np.array([[round(float(x), 2), round(float(y), 2)] for x, y in uv])
             outside = (uv < 0).any(1) | (uv >= size).any(1)
             v = np.array(annotation["keypoints"]).reshape(21, 3)[:, 2]
             assert np.array_equal(v == 0, outside)
-            # Index then little finger base seen from the wrist turn one way on a right hand
-            # and the other way on its mirror image, the left hand, under any rotation.
+            # Index then little finger base seen from the wrist turn one way on a right palm
+            # and the other way on its mirror image (left palm, right back), under any rotation.
             a, b = uv[INDEX_MCP] - uv[WRIST], uv[LITTLE_MCP] - uv[WRIST]
-            assert (a[0] * b[1] - a[1] * b[0] > 0) == is_left
+            assert (a[0] * b[1] - a[1] * b[0] > 0) == (is_left != (view == "back"))
             checked += 1
         assert next(remaining, None) is None
     assert checked >= 10
+    assert len(seen) == 4  # every side with every view
 
 
 def test_dataset_has_both_classes_empty_images_and_cut_hands(cocos):
@@ -169,8 +179,128 @@ def test_left_hand_is_the_mirror_image_of_the_right_hand():
         assert (left ^ right).sum() > 0.1 * right.sum()  # a hand is not its own mirror image
         assert np.allclose(left_uv[:, 0], 128 - right_uv[:, 0])
         assert np.allclose(left_uv[:, 1], right_uv[:, 1])
-        thumb_cmc = 4
-        assert right_uv[thumb_cmc, 0] > right_uv[WRIST, 0] > left_uv[thumb_cmc, 0]
+        assert right_uv[THUMB_CMC, 0] > right_uv[WRIST, 0] > left_uv[THUMB_CMC, 0]
+
+
+@pytest.mark.parametrize(
+    ("left", "view", "thumb_towards"),
+    [(False, "palm", +1), (False, "back", -1), (True, "palm", -1), (True, "back", +1)],
+)
+def test_the_thumb_lies_where_a_real_hand_shows_it(left, view, thumb_towards):
+    """Fingers up: a right palm (or a left back) shows its thumb on the viewer's right, as your
+    own right hand does when you look at its palm; a right back or a left palm on the left."""
+    for seed in range(6):
+        _, uv = single_hand(seed, left=left, view=view)
+        for joint in (THUMB_CMC, THUMB_MCP):
+            assert np.sign(uv[joint, 0] - uv[WRIST, 0]) == thumb_towards
+
+
+def test_a_right_back_has_the_silhouette_of_a_left_palm():
+    for seed in range(6):
+        back, back_uv = single_hand(seed, left=False, view="back")
+        palm, palm_uv = single_hand(seed, left=True, view="palm")
+        assert (back ^ palm).sum() <= 0.02 * palm.sum()
+        assert np.allclose(back_uv, palm_uv)
+        right_palm, _ = single_hand(seed, left=False, view="palm")
+        assert (back ^ right_palm).sum() > 0.1 * palm.sum()
+
+
+def _luminance(rgba: np.ndarray) -> np.ndarray:
+    return rgba[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]
+
+
+def _open_hand(view: str, length: float, skin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RGBA pixels and fingertips (5, 2) of an upright open right hand seen from `view`."""
+    pose = dataclasses.replace(sample_pose(np.random.default_rng(1)), curl=np.zeros(5))
+    shape = place(pose, view == "back", np.array([64.0, 64.0]), length, 0.0)
+    image = Image.new("RGBA", (128, 128), 0)
+    draw_hand(ImageDraw.Draw(image), shape, view, skin, np.random.default_rng(1))
+    return np.asarray(image), shape.joints[:, 3]
+
+
+@pytest.mark.parametrize("length", [19.0, 35.0, 77.0])
+@pytest.mark.parametrize("skin", list(SKIN[[0, 2, 4]]))
+def test_backs_show_light_nails_at_the_fingertips_and_palms_do_not(length, skin):
+    """From the smallest hand up, each fingertip of a back view holds a patch clearly lighter
+    than the hand; a palm view has none, and is lighter overall than the back of the hand."""
+    ys, xs = np.mgrid[0:128, 0:128] + 0.5
+    medians = {}
+    for view in ("back", "palm"):
+        rgba, tips = _open_hand(view, length, skin)
+        luminance, hand = _luminance(rgba), rgba[..., 3] > 0
+        medians[view] = np.median(luminance[hand])
+        for x, y in tips:
+            near = hand & ((xs - x) ** 2 + (ys - y) ** 2 <= 4.0)
+            lift = luminance[near].max() - medians[view]
+            assert lift > 25.0 if view == "back" else lift < 15.0, (view, lift)
+    assert medians["palm"] > medians["back"] + 15.0
+
+
+def test_palms_have_dark_creases_and_backs_dark_knuckles():
+    """The lines inside the hand sit where each view has them: creases in the palm's middle,
+    knuckle lines across the finger bases (the palm's far edge), so their rows differ."""
+    rows = {}
+    for view in ("palm", "back"):
+        rgba, _ = _open_hand(view, 77.0, SKIN[1])
+        luminance, hand = _luminance(rgba), rgba[..., 3] > 0
+        dark = hand & (luminance < 0.66 * np.median(luminance[hand]))
+        palm_rows = slice(64 - 12, 64 + 18)  # the palm's middle, below the finger bases
+        rows[view] = dark[palm_rows].sum(), dark[: 64 - 17].sum()
+    assert rows["palm"][0] > 3 * max(rows["back"][0], 1)
+    assert rows["back"][1] > rows["palm"][1]
+
+
+def test_skin_tones_stay_human():
+    """Tones stay near the light-to-dark polyline, brighter or darker but never tinted: the
+    hue (direction in RGB) of every tone is within 0.02 rad of a tone on the polyline."""
+    rng = np.random.default_rng(0)
+    tones = np.array([skin_tone(rng) for _ in range(2000)])
+    assert max(skin_distance(tone) for tone in tones) < 25.0
+    t = np.linspace(0.0, 1.0, 200)[:, None]
+    line = np.concatenate([a + t * (b - a) for a, b in itertools.pairwise(SKIN)])
+    cosines = (tones / np.linalg.norm(tones, axis=1, keepdims=True)) @ (
+        line / np.linalg.norm(line, axis=1, keepdims=True)
+    ).T
+    assert np.arccos(np.clip(cosines.max(1), -1.0, 1.0)).max() < 0.02
+    assert tones[:, 0].max() - tones[:, 0].min() > 150  # still light to dark
+
+
+def test_bodies_are_background_drawn_before_any_hand(monkeypatch):
+    """A torso paints pixels with label 0 and goes down while no hand is on the canvas, so it
+    never enters a hand mask and never hides a hand."""
+    drawn, arms = [], 0
+    original = synthetic._draw_body
+
+    def checked(canvas, hand):
+        before = canvas.rgb.copy()
+        assert not canvas.label.any()
+        original(canvas, hand)
+        assert not canvas.label.any()
+        drawn.append(int((canvas.rgb != before).any(-1).sum()))
+
+    monkeypatch.setattr(synthetic, "_draw_body", checked)
+    for index in range(40):
+        _, _, hands = synthetic._compose(3, "train", index, 64)
+        arms += len(hands)
+    assert 0.4 * arms < len(drawn) < 0.8 * arms
+    assert sum(count > 0 for count in drawn) > 0.5 * len(drawn)
+
+
+def test_the_view_mix_is_recorded(dataset, cocos):
+    _, summary = dataset
+    counts = collections.Counter()
+    for coco in cocos.values():
+        views = collections.Counter(a["view"] for a in coco.dataset["annotations"])
+        info = coco.dataset["info"]
+        assert info["view_mix"] == {
+            "palm": 1.0 - synthetic.BACK_CHANCE,
+            "back": synthetic.BACK_CHANCE,
+        }
+        assert info["hands_per_view"] == {"palm": views["palm"], "back": views["back"]}
+        counts += views
+    assert summary.hands_per_view == dict(counts)
+    assert set(counts) == {"palm", "back"}
+    assert abs(counts["back"] / counts.total() - synthetic.BACK_CHANCE) < 0.15
 
 
 def test_refuses_a_non_empty_folder_and_overwrite_replaces_it(tmp_path):
@@ -226,4 +356,13 @@ def test_rejects_bad_arguments_before_creating_anything(tmp_path, kwargs, name):
 def test_info_has_no_timestamps(dataset):
     out, _ = dataset
     info = json.loads((out / "annotations" / "instances_train.json").read_text())["info"]
-    assert set(info) == {"description", "generator", "seed", "size", "split", "images"}
+    assert set(info) == {
+        "description",
+        "generator",
+        "seed",
+        "size",
+        "split",
+        "images",
+        "view_mix",
+        "hands_per_view",
+    }
