@@ -54,8 +54,9 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
         for plain, fast in zip(expected, compiled.detect(images), strict=True):
             np.testing.assert_array_equal(fast["class_ids"], plain["class_ids"])
             # XLA reorders float sums; a box near an FPN level boundary moves a score by ~0.002
-            # and a box corner by up to ~0.9 px (seen once in 4 boxes, 128 px images).
+            # and, with two anchor sizes per level, a box corner by up to ~0.9 px and its mask
+            # IoU to ~0.94 (seen once in 4 boxes, 128 px images).
             np.testing.assert_allclose(fast["scores"], plain["scores"], atol=1e-2)
             np.testing.assert_allclose(fast["rois"], plain["rois"], atol=1.0)
             for a, b in zip(fast["masks"], plain["masks"], strict=True):
-                assert (a & b).sum() >= 0.95 * (a | b).sum()
+                assert (a & b).sum() >= 0.9 * (a | b).sum()
