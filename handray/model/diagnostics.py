@@ -16,6 +16,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from handray.model.boxes import box_iou
+from handray.model.losses import masked_mean
 from handray.model.targets import RoiTargets
 
 DIAGNOSTIC_NAMES = (
@@ -30,10 +31,7 @@ RECALL_PROPOSALS = 100
 
 
 def _share(hits: tf.Tensor, where: tf.Tensor) -> tf.Tensor:
-    where = tf.cast(where, tf.float32)
-    return tf.math.divide_no_nan(
-        tf.reduce_sum(tf.cast(hits, tf.float32) * where), tf.reduce_sum(where)
-    )
+    return masked_mean(tf.cast(hits, tf.float32), where)
 
 
 def proposal_recall(

@@ -10,7 +10,8 @@ import keras
 import tensorflow as tf
 
 
-def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of `values` where `mask` holds; 0 (not NaN) where it holds nowhere."""
     mask = tf.cast(mask, values.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
 
@@ -25,20 +26,20 @@ def rpn_class_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         tf.cast(labels == 1, tf.int32), tf.cast(logits, tf.float32)
     )
-    return _masked_mean(losses, labels != 0)
+    return masked_mean(losses, labels != 0)
 
 
 def rpn_bbox_loss(labels: tf.Tensor, target_deltas: tf.Tensor, deltas: tf.Tensor) -> tf.Tensor:
     """Smooth-L1 on positive anchors' deltas, averaged per coordinate."""
     losses = smooth_l1(target_deltas - tf.cast(deltas, tf.float32))
     positive = tf.broadcast_to(tf.expand_dims(labels == 1, -1), tf.shape(losses))
-    return _masked_mean(losses, positive)
+    return masked_mean(losses, positive)
 
 
 def head_class_loss(class_ids: tf.Tensor, valid: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """ROI classification cross-entropy over sampled ROIs (negatives are class 0)."""
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(class_ids, tf.cast(logits, tf.float32))
-    return _masked_mean(losses, valid)
+    return masked_mean(losses, valid)
 
 
 def head_bbox_loss(
@@ -48,7 +49,7 @@ def head_bbox_loss(
     chosen = tf.gather(tf.cast(deltas, tf.float32), class_ids, batch_dims=2)
     losses = smooth_l1(target_deltas - chosen)
     mask = tf.broadcast_to(tf.expand_dims(positive, -1), tf.shape(losses))
-    return _masked_mean(losses, mask)
+    return masked_mean(losses, mask)
 
 
 def head_mask_loss(
@@ -63,7 +64,7 @@ def head_mask_loss(
     )
     losses = keras.losses.binary_crossentropy(target_masks[..., None], chosen[..., None])
     mask = tf.broadcast_to(positive[:, :, None, None], tf.shape(losses))
-    return _masked_mean(losses, mask)
+    return masked_mean(losses, mask)
 
 
 def weight_decay_loss(variables: list, weight_decay: float) -> tf.Tensor:

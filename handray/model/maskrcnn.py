@@ -26,7 +26,7 @@ from handray.model.norm import Norm
 from handray.model.proposals import generate_proposals
 from handray.model.roi_align import pyramid_roi_align
 from handray.model.rpn import build_rpn_model, run_rpn
-from handray.model.targets import detection_targets, rpn_targets
+from handray.model.targets import detection_targets, real_and_crowd, rpn_targets
 
 # The old tool's stage selections, as regular expressions over layer names.
 TRAINABLE_LAYERS = {
@@ -210,7 +210,7 @@ class MaskRCNN(keras.Model):
         values["loss"] = tf.add_n(
             [weights.get(name, 1.0) * value for name, value in values.items()]
         )
-        real = (gt_class_ids > 0) & ~gt_crowd
+        real, _ = real_and_crowd(gt_class_ids, gt_crowd)
         values.update(
             diagnostics.training_diagnostics(
                 anchors_per_hand, real, gt_boxes, proposals, proposal_valid, targets, class_logits

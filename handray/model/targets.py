@@ -19,7 +19,8 @@ ROI_POSITIVE_IOU = 0.5
 CROWD_IOU = 0.001
 
 
-def _real_and_crowd(gt_class_ids: tf.Tensor, gt_crowd: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def real_and_crowd(gt_class_ids: tf.Tensor, gt_crowd: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Masks [B, M] of the filled ground-truth slots that are hands, and those that are crowd."""
     filled = gt_class_ids > 0
     return filled & ~gt_crowd, filled & gt_crowd
 
@@ -49,7 +50,7 @@ def rpn_targets(
     sampled anchors are positive; negatives fill the rest of `anchors_per_image`.
     """
     batch = tf.shape(gt_boxes)[0]
-    real, crowd = _real_and_crowd(gt_class_ids, gt_crowd)
+    real, crowd = real_and_crowd(gt_class_ids, gt_crowd)
     all_anchors = tf.broadcast_to(anchors[None], [batch, *anchors.shape])
     iou = tf.where(real[:, None, :], box_iou(all_anchors, gt_boxes), -1.0)
     best_iou = tf.reduce_max(iou, axis=-1)
@@ -113,7 +114,7 @@ def detection_targets(
     (proposals arrive best first): the faces and forearms the classifier must learn to reject.
     `mask_rois` (0: all positive slots) bounds the positives given mask targets.
     """
-    real, crowd = _real_and_crowd(gt_class_ids, gt_crowd)
+    real, crowd = real_and_crowd(gt_class_ids, gt_crowd)
     jittered = [jitter_boxes(gt_boxes) for _ in range(positive_jitter)]
     candidates = tf.concat([proposals, gt_boxes, *jittered], axis=1)
     candidate_valid = tf.concat([proposal_valid, *[real] * (1 + positive_jitter)], axis=1)
