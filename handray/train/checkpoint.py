@@ -7,10 +7,13 @@ A checkpoint is a folder that Ray Train stores under `STORAGE/RUN_NAME/checkpoin
   optimizer.npz   optimizer variables by name (momentum, step counter), for an exact resume
   config.yaml     the config the run trained with; `evaluate`, `predict` and `export` rebuild
                   the model from it
-  state.json      epoch, step, the metrics of every epoch so far, and how often the run started
+  state.json      epoch, step, the metrics of every epoch so far, how often the run started,
+                  and the size of every other file (written last)
 
 Files are written under temporary names and renamed, so a worker killed mid-write never leaves
-a checkpoint that looks complete.
+a checkpoint that looks complete; and since Ray Train copies a checkpoint into storage file by
+file, in no set order, a folder counts as complete only when every file state.json lists is
+there with its recorded size.
 
 A Tune sweep (`tune.py`) writes `best.json` into its folder, naming its best trial's checkpoint
 relative to that folder; `best`, a sweep folder or its `best.json` resolve to that checkpoint.
@@ -83,8 +86,10 @@ def write_checkpoint(
         with atomic_write(directory / OPTIMIZER_FILE, "wb") as handle:
             np.savez(handle, **values)
     save_config(config, directory / CONFIG_FILE)
+    written = [WEIGHTS_FILE, CONFIG_FILE] + ([OPTIMIZER_FILE] if optimizer is not None else [])
+    sizes = {name: (directory / name).stat().st_size for name in written}
     with atomic_write(directory / STATE_FILE) as handle:
-        json.dump(state.to_json(), handle, indent=1)
+        json.dump({**state.to_json(), "files": sizes}, handle, indent=1)
     return directory
 
 
@@ -126,14 +131,22 @@ def restore_optimizer(optimizer: keras.optimizers.Optimizer, directory: str | os
 
 
 def is_checkpoint(path: Path) -> bool:
-    """A folder with a state file and a weights file that opens (not one half-copied)."""
+    """A folder with a state file, every file it lists at its recorded size, and a weights file
+    that opens: not one still being copied."""
     if not ((path / WEIGHTS_FILE).is_file() and (path / STATE_FILE).is_file()):
         return False
     try:
+        listed = json.loads((path / STATE_FILE).read_text()).get("files", {})
+        if any(_size(path / name) != size for name, size in listed.items()):
+            return False
         with h5py.File(path / WEIGHTS_FILE, "r"):
             return True
-    except OSError:
+    except (OSError, ValueError, AttributeError):
         return False
+
+
+def _size(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None
 
 
 def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

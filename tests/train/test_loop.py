@@ -1,6 +1,7 @@
 """The training loop in one process: schedule, stages, checkpoints and exact resumption."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -148,6 +149,20 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(hands, tmp_path):
     assert restore_optimizer(fresh, checkpoint) == len(fresh.variables)
     for a, b in zip(optimizer.variables, fresh.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    # Ray copies a checkpoint into storage file by file: a later folder whose state.json has
+    # arrived but whose optimizer file is still short or absent must not be resumed from.
+    copying = tmp_path / "run" / "checkpoint_b"
+    shutil.copytree(checkpoint, copying)
+    state = json.loads((copying / "state.json").read_text())
+    (copying / "state.json").write_text(json.dumps({**state, "epoch": 5}))
+    data = (copying / "optimizer.npz").read_bytes()
+    (copying / "optimizer.npz").write_bytes(data[: len(data) // 2])
+    assert latest_checkpoint(tmp_path / "run") == checkpoint
+    (copying / "optimizer.npz").unlink()
+    assert latest_checkpoint(tmp_path / "run") == checkpoint
+    (copying / "optimizer.npz").write_bytes(data)
+    assert latest_checkpoint(tmp_path / "run") == copying
 
 
 def test_mixed_precision_trains_with_finite_losses(hands, tmp_path):
