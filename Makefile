@@ -4,9 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo clean
+.PHONY: setup browser test lint demo serve clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's Chromium, which tests/serve/test_page.py drives through Playwright (never
+# `playwright install`: that downloads a browser of its own). Installed only when missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's chromium for the page test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "note: /usr/bin/chromium is missing, so tests/serve/test_page.py will fail;" \
+				"install Debian's package: apt-get install chromium (as root)"; \
+		fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
@@ -24,6 +38,11 @@ lint: setup
 
 demo: setup
 	$(BIN)/handray demo --out runs/demo
+
+# The demo's export over HTTP (http://127.0.0.1:8000/), with JSON errors from Ray's proxy too.
+serve: setup
+	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=handray.serve.proxy:middlewares \
+		$(BIN)/serve run serve_config.yaml
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

@@ -296,7 +296,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.02
+    batch_wait_timeout_s: float = 0.0  # wait for company only when idle (serve/batching.py)
     min_score: float = 0.5
     mask_threshold: float = 0.5
     max_request_bytes: int = 20_000_000

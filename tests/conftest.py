@@ -122,10 +122,14 @@ def small_dataset(tmp_path: Path) -> Path:
 def ray_cluster():
     """A real local Ray cluster of our own for the whole session (never one left running on
     the machine): 4 logical CPUs on this 2-core machine, so a driver-side actor and two
-    one-CPU training workers fit; the dashboard on for Ray's state API."""
+    one-CPU training workers fit; the dashboard on for Ray's state API; and Serve's proxy with
+    handray's JSON-error middleware, as README starts it."""
     import ray
 
+    from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
+
     ray.shutdown()
+    os.environ[CALLBACK_VARIABLE] = CALLBACK  # read by the proxy process the cluster starts
     context = ray.init(num_cpus=4, include_dashboard=True, address="local", log_to_driver=True)
     ray.test_dashboard_url = f"http://{context.dashboard_url}"  # for `serve deploy --address`
     yield ray

@@ -2,9 +2,9 @@
 
 `Ingress` parses HTTP with Starlette, checks and decodes the upload (`codec`), and formats the
 reply; it does the per-request CPU work, so the model replicas only run the network. `HandModel`
-loads the SavedModel written by `handray export` and runs concurrent requests as one batch
-(`@serve.batch`). Both read their limits and thresholds from `user_config`, so `serve deploy`
-with a changed config updates them without a restart.
+loads the SavedModel written by `handray export` and runs the requests that queued while it
+was busy as the next batch (`batching.Batcher`). Both read their limits and thresholds from
+`user_config`, so `serve deploy` with a changed config updates them without a restart.
 
 Start it with `serve run serve_config.yaml`, or `serve run handray.serve.app:build_app
 model_dir=EXPORT` for the defaults.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,13 +23,15 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 
 from handray.config import ServeConfig, updated_serve_config
 from handray.errors import HandrayError
+from handray.serve.batching import Batcher
 from handray.serve.codec import (
     MASK_FORMATS,
     RequestError,
@@ -38,11 +41,15 @@ from handray.serve.codec import (
     to_model_bytes,
     too_large,
 )
+from handray.serve.metrics import IngressMetrics, ModelMetrics
 
 logger = logging.getLogger("ray.serve")
+PAGE_FILE = Path(__file__).with_name("page.html")  # the page people try the model in
 PROBE_AFTER_S = 30.0  # a health check runs the model itself when it has been idle this long
 _PROBE_IMAGE = np.zeros((8, 8, 3), np.uint8)
 MODEL_SETTINGS = ("min_score", "mask_threshold", "max_batch_size", "batch_wait_timeout_s")
+MODEL_ATTEMPTS = 3  # a model replica that dies under a request: the request goes to another
+RETRY_AFTER_S = 2  # what a 503 tells the client to wait: about a replica's replacement
 
 
 @dataclass
@@ -95,36 +102,69 @@ class HandModel:
             min_score=float(meta["min_score"]), mask_threshold=float(meta["mask_threshold"])
         )
         self.batch_sizes: Counter[int] = Counter()
+        self._metrics = ModelMetrics()
+        self._batcher = Batcher(
+            self._run_batch, self.settings.max_batch_size, self.settings.batch_wait_timeout_s
+        )
         self._last_success = 0.0
         self._failure: str | None = None
-        self._warm = 0
+        self._warm = 0  # every batch size up to this one has run once
+        self._warming: threading.Thread | None = None
+        self._warm_lock = threading.Lock()
         self._warm_up()
         logger.info("HandModel %s ready from %s", self.info, model_dir)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Thresholds and batching from the deployment's `user_config`, applied live."""
         self.settings = updated_serve_config(self.settings, user_config or {})
-        self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
-        self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self._batcher.batch_wait_timeout_s = self.settings.batch_wait_timeout_s
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """Run every batch size up to `max_batch_size` once, so no request waits while a new
-        size is traced and compiled (about a second or two each)."""
+        """Each batch size's first run costs about 2 s on a CPU (its shapes are optimised
+        then), so no request may meet a size that has not run yet. Size 1 runs here, before
+        the replica takes requests; the larger ones run in a background thread, and batches
+        grow as their sizes become ready. A replacement replica thus serves within seconds of
+        loading instead of after `max_batch_size` warm-up runs."""
+        if self._warm == 0:
+            self._run([Job(to_model_bytes(_PROBE_IMAGE), None)])
+            self._warm = 1
+        self._batcher.max_batch_size = min(self._warm, self.settings.max_batch_size)
+        with self._warm_lock:
+            if self._warming is None and self._warm < self.settings.max_batch_size:
+                self._warming = threading.Thread(target=self._warm_larger, daemon=True)
+                self._warming.start()
+
+    def _warm_larger(self) -> None:
         probe = Job(to_model_bytes(_PROBE_IMAGE), None)
-        for size in range(self._warm + 1, self.settings.max_batch_size + 1):
-            self._run([probe] * size)
-        self._warm = max(self._warm, self.settings.max_batch_size)
+        while True:
+            with self._warm_lock:
+                size = self._warm + 1
+                if size > self.settings.max_batch_size:
+                    self._warming = None
+                    return
+            try:
+                self._run([probe] * size)
+            except Exception:  # `_run` recorded it: the health check now replaces the replica
+                logger.exception("warming batch size %d failed", size)
+                with self._warm_lock:
+                    self._warming = None
+                return
+            self._warm = size
+            self._batcher.max_batch_size = min(size, self.settings.max_batch_size)
 
     async def predict(self, image: bytes, min_score: float | None = None) -> dict[str, Any]:
         """One image's detections (see `_run`); requests arriving together share a batch."""
-        return await self.predict_batch(Job(image, min_score))
+        return await self._batcher.submit(Job(image, min_score))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def predict_batch(self, jobs: list[Job]) -> list[dict[str, Any]]:
+    async def _run_batch(self, jobs: list[Job]) -> list[dict[str, Any]]:
         self.batch_sizes[len(jobs)] += 1
+        started = time.perf_counter()
         # In a thread, so the replica keeps accepting requests (the next batch) meanwhile.
-        return await asyncio.to_thread(self._run, jobs)
+        results = await asyncio.to_thread(self._run, jobs)
+        self._metrics.batch_size.observe(len(jobs))
+        self._metrics.batch_ms.observe((time.perf_counter() - started) * 1e3)
+        return results
 
     def _run(self, jobs: list[Job]) -> list[dict[str, Any]]:
         """Detections per job: rois, class_ids, scores, masks [N, H, W] bool, or `error`."""
@@ -169,6 +209,7 @@ class HandModel:
             **self.info,
             "settings": settings,
             "batch_sizes": self.batch_sizes,
+            "warm_batch_size": self._warm,  # batches grow to max_batch_size as sizes warm up
             "replica": replica,
         }
 
@@ -190,11 +231,14 @@ def _unpad(out: dict[str, np.ndarray], index: int, min_score: float | None) -> d
 
 @serve.deployment(name="Ingress", max_ongoing_requests=128)
 class Ingress:
-    """HTTP: `POST /predict` (multipart field `image`, or a raw `image/*` body) and
-    `GET /healthz`. Client mistakes get a 4xx JSON error, never a 500."""
+    """HTTP: `POST /predict` (multipart field `image`, or a raw `image/*` body), `GET /healthz`,
+    and `GET /`, a page to try the model in a browser. Client mistakes get a 4xx JSON error,
+    never a 500."""
 
     def __init__(self, model: DeploymentHandle):
         self._model = model
+        self._page = PAGE_FILE.read_text(encoding="utf-8")
+        self._metrics = IngressMetrics()
         self._limits = _limits(ServeConfig())
         self._info: dict[str, Any] | None = None
 
@@ -203,30 +247,46 @@ class Ingress:
 
     async def __call__(self, request: Request) -> JSONResponse:
         path = "/" + request.url.path.strip("/")
-        routes = {"/predict": ("POST", self._predict), "/healthz": ("GET", self._healthz)}
+        routes = {
+            "/": ("GET", self._show_page),
+            "/predict": ("POST", self._predict),
+            "/healthz": ("GET", self._healthz),
+        }
         try:
             if path not in routes:
-                raise RequestError(404, "not_found", f"no route {path}; use POST /predict")
+                raise RequestError(
+                    404, "not_found", f"no route {path}; use POST /predict, or open / in a browser"
+                )
             method, handler = routes[path]
             if request.method != method:
                 raise RequestError(405, "method_not_allowed", f"{path} takes {method} requests")
             return await handler(request)
         except RequestError as err:
-            return JSONResponse(err.body(), status_code=err.status)
+            if err.status < 500:
+                self._metrics.client_errors.inc(tags={"code": err.code})
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
         except Exception:
             logger.exception("request to %s failed", path)
             error = RequestError(500, "internal_error", "the server failed on this request")
             return JSONResponse(error.body(), status_code=500)
 
+    async def _show_page(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(self._page)
+
     async def _healthz(self, request: Request) -> JSONResponse:
         try:
-            info = await self._model.describe.remote()
-        except Exception as err:
-            error = RequestError(503, "unavailable", f"the model cannot predict: {err}")
-            return JSONResponse(error.body(), status_code=503)
-        return JSONResponse({"success": True, "status": "ok", "model": _jsonable(info)})
+            info = await self._ask_model("describe")
+        except RayTaskError as err:  # the replica's health check failed
+            raise RequestError(
+                503, "unavailable", f"the model cannot predict: {err}", RETRY_AFTER_S
+            ) from None
+        ingress = serve.get_replica_context().replica_id.unique_id
+        return JSONResponse(
+            {"success": True, "status": "ok", "model": _jsonable(info), "ingress": ingress}
+        )
 
     async def _predict(self, request: Request) -> JSONResponse:
+        started = time.perf_counter()
         mask_format = request.query_params.get("mask_format", "png")
         if mask_format not in MASK_FORMATS:
             raise RequestError(
@@ -235,26 +295,55 @@ class Ingress:
         min_score = _score_parameter(request.query_params.get("min_score"))
         upload = await self._upload(request)
         pixels = await asyncio.to_thread(decode_upload, upload, self._limits)
-        result = await self._model.predict.remote(to_model_bytes(pixels), min_score)
+        decoded = time.perf_counter()
+        result = await self._ask_model("predict", to_model_bytes(pixels), min_score)
         if "error" in result:
             raise RequestError(400, "corrupt_image", result["error"])
+        predicted = time.perf_counter()
         info = await self._model_info()
         predictions = await asyncio.to_thread(
             prediction_records, result, info["class_names"], mask_format
         )
+        finished = time.perf_counter()
+        timing = _milliseconds(
+            receive=decoded - started, model=predicted - decoded, total=finished - started
+        )
+        self._metrics.hands.observe(len(predictions))
+        self._metrics.receive_ms.observe(timing["receive"])
         return JSONResponse(
             {
                 "success": True,
                 "predictions": predictions,
                 "image": {"width": result["width"], "height": result["height"]},
                 "model": {"name": info["name"], "version": info["version"]},
-            }
+                "timing_ms": timing,
+            },
+            headers={"Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timing.items())},
         )
 
     async def _model_info(self) -> dict[str, Any]:
         if self._info is None:
-            self._info = await self._model.describe.remote()
+            self._info = await self._ask_model("describe")
         return self._info
+
+    async def _ask_model(self, method: str, *args: Any) -> Any:
+        """A call to a model replica. Serve already routes around replicas known to be dead;
+        one that dies while holding the call fails it, and since every call is safe to repeat it
+        goes to another replica. Only when none can take it is the answer a 503."""
+        for _ in range(MODEL_ATTEMPTS):
+            try:
+                return await getattr(self._model, method).remote(*args)
+            except (RayActorError, ActorUnavailableError) as err:
+                logger.warning("model replica lost during %s (%s); trying another", method, err)
+                failure = err
+        self._metrics.unavailable.inc()
+        raise RequestError(
+            503,
+            "model_unavailable",
+            f"no model replica could run the request ({type(failure).__name__}); the server is "
+            f"replacing it, send the request again in {RETRY_AFTER_S} s",
+            RETRY_AFTER_S,
+        )
 
     async def _upload(self, request: Request) -> bytes:
         """The image bytes of a multipart field `image` or of a raw image body."""
@@ -327,6 +416,12 @@ def _score_parameter(text: str | None) -> float | None:
     if not 0.0 <= value <= 1.0:
         raise RequestError(400, "bad_parameter", f"min_score={text!r}; use a number in [0, 1]")
     return value
+
+
+def _milliseconds(**seconds: float) -> dict[str, float]:
+    """Server-side time of a request's parts: `receive` (read, check and decode the upload),
+    `model` (queue and batch in the model replica), `total` (everything up to the reply)."""
+    return {name: round(value * 1e3, 1) for name, value in seconds.items()}
 
 
 def _limits(config: ServeConfig) -> UploadLimits:

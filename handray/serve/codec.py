@@ -25,12 +25,17 @@ MASK_FORMATS = ("png", "rle", "none")
 class RequestError(HandrayError):
     """A client's mistake: the HTTP status, a stable machine-readable code and a message."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, retry_after_s: int | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.retry_after_s = retry_after_s
 
     def body(self) -> dict[str, Any]:
         return {"success": False, "error": {"code": self.code, "message": self.message}}
+
+    def headers(self) -> dict[str, str]:
+        """`Retry-After` when the request may succeed later (a 503), else none."""
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 @dataclass(frozen=True)

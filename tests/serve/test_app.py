@@ -1,93 +1,22 @@
 """The Serve app over real HTTP on a local Ray cluster: the old client's call, concurrent
-requests batched together, every bad input answered with its 4xx, live reconfiguration."""
+requests batched together, every bad input answered with its 4xx, live reconfiguration, and
+handray's metrics on Ray's metrics endpoint."""
 
 import base64
-import contextlib
 import io
-import os
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from handray.serve.app import build_app
+from tests.serve.conftest import BATCHING, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "handray"
-INGRESS_LIMITS = {"max_request_bytes": 300_000, "max_image_pixels": 200_000}
-BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.1, "min_score": 0.0}
-
-
-def deployment_config(port: int, export: Path, model_config: dict) -> dict:
-    """serve_config.yaml as shipped, pointed at the test export and sized for this machine."""
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    config["http_options"]["port"] = port
-    (app,) = config["applications"]
-    app["args"]["model_dir"] = str(export)
-    sizes = {"Ingress": (0.25, INGRESS_LIMITS), "HandModel": (1, model_config)}
-    for deployment in app["deployments"]:
-        cpus, user_config = sizes[deployment["name"]]
-        deployment["ray_actor_options"]["num_cpus"] = cpus
-        deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
-        deployment["user_config"].update(user_config)
-    return config
-
-
-def serve_deploy(ray_cluster, config: dict, folder: Path) -> None:
-    """`serve deploy` as a user runs it: the config goes to the cluster's dashboard and only
-    what changed is applied (a changed `user_config` reconfigures the running replicas)."""
-    path = folder / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    command = [str(Path(sys.executable).parent / "serve"), "deploy", str(path)]
-    command += ["--address", ray_cluster.test_dashboard_url]
-    environment = {**os.environ, "RAY_AUTH_MODE": "token"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def wait_for(url: str, ready, timeout_s: float = 240) -> dict:
-    """GET /healthz until `ready(model info)` holds; returns that info."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(requests.RequestException, ValueError, KeyError):
-            reply = requests.get(f"{url}/healthz", timeout=10)
-            if reply.status_code == 200 and ready(reply.json()["model"]):
-                return reply.json()["model"]
-        assert time.monotonic() < deadline, f"{url} did not become ready"
-        time.sleep(1)
-
-
-@pytest.fixture(scope="module")
-def server(ray_cluster, tiny_export, tmp_path_factory):
-    from ray import serve
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    folder = tmp_path_factory.mktemp("serve")
-
-    def deploy(model_config: dict) -> None:
-        serve_deploy(ray_cluster, deployment_config(port, tiny_export, model_config), folder)
-
-    deploy(BATCHING)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(url, lambda info: True)
-    yield url, deploy
-    serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def url(server) -> str:
-    return server[0]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +60,9 @@ def test_the_old_clients_exact_call(url, photo_files, expected):
     assert body["success"] is True and body["model"]["name"] == "handray-tiny"
     assert {"roi", "class_id", "class_name", "score", "mask"} <= set(body["predictions"][0])
     assert_same_predictions(body, expected[0])
+    timing = body["timing_ms"]
+    assert 0 < timing["receive"] + timing["model"] <= timing["total"] + 0.2  # rounded to 0.1
+    assert reply.headers["Server-Timing"] == ", ".join(f"{k};dur={v}" for k, v in timing.items())
 
 
 def test_raw_body_with_rle_masks_and_a_threshold(url, photo_files, expected):
@@ -249,3 +181,63 @@ def test_health_check_fails_when_the_model_cannot_run(tiny_export):
     with pytest.raises(AttributeError):
         replica.check_health()
     assert replica._failure is not None
+
+
+def scrape(port: int, name: str, **labels: str) -> float:
+    """The sum of metric `name` over every series (replica) carrying `labels`, as Prometheus
+    would read it from Ray's metrics endpoint."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    total = 0.0
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_handray_metrics_reach_rays_metrics_endpoint(url, photo_files):
+    import ray
+
+    from handray.serve.metrics import COUNT_EDGES
+
+    (port,) = {node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]}
+    series = {
+        **{edge: ("ray_handray_hands_per_image_bucket", {"le": str(edge)}) for edge in COUNT_EDGES},
+        "answered": ("ray_handray_hands_per_image_count", {}),
+        "refused": ("ray_handray_client_errors_total", {"code": "not_an_image"}),
+        "batches": ("ray_handray_model_batch_ms_count", {}),
+    }
+
+    def reading() -> dict:
+        return {key: scrape(port, name, **labels) for key, (name, labels) in series.items()}
+
+    # Earlier tests' requests may not be exported yet: start from a reading that has stayed
+    # the same for longer than Ray's export interval (10 s).
+    before = reading()
+    settled = time.monotonic()
+    while time.monotonic() - settled < 12:
+        time.sleep(2)
+        if (now := reading()) != before:
+            before, settled = now, time.monotonic()
+    hands = []
+    for path in photo_files:
+        reply = requests.post(f"{url}/predict", files={"image": path.read_bytes()}, timeout=60)
+        hands.append(len(reply.json()["predictions"]))
+    for _ in range(2):
+        reply = requests.post(f"{url}/predict", files={"image": b"text, not pixels"}, timeout=60)
+        assert reply.json()["error"]["code"] == "not_an_image"
+    deadline = time.monotonic() + 60  # Ray exports metrics every few seconds
+    while True:
+        after = reading()
+        if (
+            after["answered"] >= before["answered"] + 3
+            and after["refused"] >= before["refused"] + 2
+        ):
+            break
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(2)
+    change = {key: after[key] - before[key] for key in series}
+    assert change["answered"] == 3 and change["refused"] == 2
+    for edge in COUNT_EDGES:  # cumulative buckets: answers with at most `edge` hands
+        assert change[edge] == sum(count <= edge for count in hands), (edge, hands, change)
+    assert change["batches"] >= 1  # the model ran the 3 images in one or more batches
