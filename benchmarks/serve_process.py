@@ -44,7 +44,9 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 class ServeProcess:
-    """`serve run CONFIG --address ADDRESS`, ready once `/healthz` answers 200."""
+    """`serve run CONFIG --address ADDRESS`, ready once `/healthz` answers 200 and the model
+    replica it reached has warmed up every batch size (it does the larger ones in the
+    background, which would otherwise load the CPU during the first measurements)."""
 
     def __init__(self, config: dict, folder: Path, address: str, ready_timeout_s: float = 600):
         self.url = f"http://127.0.0.1:{config['http_options']['port']}"
@@ -61,9 +63,11 @@ class ServeProcess:
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                reply = requests.get(f"{self.url}/healthz", timeout=5)
+                model = reply.json()["model"] if reply.status_code == 200 else {}
+                if model and model["warm_batch_size"] == model["settings"]["max_batch_size"]:
                     return
-            except requests.RequestException:
+            except (requests.RequestException, ValueError, KeyError):
                 pass
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve run exited; see {self.log.name}")

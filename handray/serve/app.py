@@ -335,6 +335,7 @@ class Ingress:
                 return await getattr(self._model, method).remote(*args)
             except (RayActorError, ActorUnavailableError) as err:
                 logger.warning("model replica lost during %s (%s); trying another", method, err)
+                self._metrics.retried.inc()
                 failure = err
         self._metrics.unavailable.inc()
         raise RequestError(

@@ -30,6 +30,10 @@ class IngressMetrics:
             description="Requests refused with a 4xx, by error code (not_an_image, ...).",
             tag_keys=("code",),
         )
+        self.retried = Counter(
+            "handray_model_retries",
+            description="Model calls sent again because the replica holding them died.",
+        )
         self.unavailable = Counter(
             "handray_model_unavailable",
             description="Requests answered 503 because no model replica could run them.",
