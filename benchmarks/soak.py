@@ -32,7 +32,7 @@ import struct
 import tempfile
 import time
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -426,6 +426,8 @@ def main() -> None:
             f"| {deployment:<15} | {samples[0][1] / 2**20:5.0f} | {at_2 / 2**20:8.0f} | "
             f"{samples[-1][1] / 2**20:3.0f} |"
         )
+    failed = Counter(f"{o.status}{' JSON' if o.json_error else ''}" for o in report.failures())
+    print(f"\nfailed good requests by status: {dict(failed) or 'none'}")
     print("\n| target | measured | met |")
     print("|--------|----------|-----|")
     for measure, value, met in verdicts(report):

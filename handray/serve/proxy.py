@@ -5,7 +5,9 @@ answers a timed-out or back-pressured request with plain text, and when the Ingr
 holding a request dies (killed, out of memory, its node lost) the proxy sends nothing at all, so
 the HTTP server falls back to a bare "500 Internal Server Error". This middleware runs inside the
 proxy and turns each of those into the reply the contract promises: `{"success": false,
-"error": {...}}`, with `Retry-After` on a 503.
+"error": {...}}`, with `Retry-After` on a 503. Ray's 408 for a request that waited past
+`request_timeout_s` becomes a 503 too (code `timeout`): 408 tells a client it was too slow to
+send, while this one should come back later, when the server is less busy.
 
 Ray reads proxy middlewares from one environment variable, set where the cluster starts (before
 `serve run` or `ray start`):
@@ -23,7 +25,7 @@ from starlette.middleware import Middleware
 CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "handray.serve.proxy:middlewares"
 RETRY_AFTER_S = 1
-_CODES = {408: "timeout", 429: "overloaded", 503: "unavailable"}
+_CODES = {429: "overloaded", 503: "unavailable"}
 
 
 def middlewares() -> list[Middleware]:
@@ -58,7 +60,10 @@ class JSONErrors:
                 if not message.get("more_body", False):
                     text = body.decode("utf-8", "replace").strip()
                     retry_after = dict(held.get("headers", [])).get(b"retry-after")
-                    await _send_error(send, held["status"], text, retry_after=retry_after)
+                    if held["status"] == 408:  # Ray's request_timeout_s ran out
+                        await _send_error(send, 503, text, code="timeout")
+                    else:
+                        await _send_error(send, held["status"], text, retry_after=retry_after)
                 return
             await send(message)
 

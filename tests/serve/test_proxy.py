@@ -54,13 +54,15 @@ def test_a_request_left_unanswered_gets_a_json_503_with_retry_after():
     assert error["success"] is False and error["error"]["code"] == "replica_stopped"
 
 
-def test_text_errors_from_the_proxy_become_json_with_their_status_and_message():
-    status, _, body = call(app_replying(408, b"Request abc timed out after 30.0s."))
-    assert status == 408
+def test_text_errors_from_the_proxy_become_json_with_their_message():
+    status, headers, body = call(app_replying(408, b"Request abc timed out after 30.0s."))
+    assert status == 503 and headers[b"retry-after"] == b"1"  # come back later
     assert json.loads(body)["error"] == {
         "code": "timeout",
         "message": "Request abc timed out after 30.0s.",
     }
+    status, _, body = call(app_replying(429, b"Too many requests."))
+    assert status == 429 and json.loads(body)["error"]["code"] == "overloaded"
     status, headers, body = call(app_replying(503, b"Back pressure."))
     assert status == 503 and headers[b"retry-after"] == b"7"  # the proxy's own advice kept
     assert json.loads(body)["error"]["code"] == "unavailable"
