@@ -27,7 +27,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from handray.config import ServeConfig, updated_serve_config
 from handray.errors import HandrayError
@@ -245,7 +245,7 @@ class Ingress:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._limits = _limits(updated_serve_config(ServeConfig(), user_config or {}))
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def __call__(self, request: Request) -> Response:
         path = "/" + request.url.path.strip("/")
         routes = {
             "/": ("GET", self._show_page),
