@@ -3,13 +3,16 @@ the replica-kill test, through `soak.py`) run it: attached to the caller's own R
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 import yaml
@@ -38,6 +41,32 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def is_warm(model: dict) -> bool:
+    """The model replica has run every batch size up to its `max_batch_size` (HandModel runs the
+    larger ones in the background after it starts, loading the CPU meanwhile)."""
+    return model["warm_batch_size"] == model["settings"]["max_batch_size"]
+
+
+def wait_for_model(
+    url: str,
+    ready: Callable[[dict], Any],
+    timeout_s: float = 240,
+    gone: Callable[[], str | None] = lambda: None,
+) -> dict:
+    """GET /healthz until `ready(model info)` holds; returns that info. `gone()` names a
+    reason to stop waiting early (a server process that exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException, ValueError, KeyError):
+            reply = requests.get(f"{url}/healthz", timeout=10)
+            if reply.status_code == 200 and ready(model := reply.json()["model"]):
+                return model
+        if reason := gone():
+            raise RuntimeError(reason)
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not become ready within {timeout_s:.0f} s")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -45,8 +74,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 class ServeProcess:
     """`serve run CONFIG --address ADDRESS`, ready once `/healthz` answers 200 and the model
-    replica it reached has warmed up every batch size (it does the larger ones in the
-    background, which would otherwise load the CPU during the first measurements)."""
+    replica it reached is warm (`is_warm`), so warm-up does not load the first measurements."""
 
     def __init__(self, config: dict, folder: Path, address: str, ready_timeout_s: float = 600):
         self.url = f"http://127.0.0.1:{config['http_options']['port']}"
@@ -60,20 +88,14 @@ class ServeProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "RAY_AUTH_MODE": "token"},
         )
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                reply = requests.get(f"{self.url}/healthz", timeout=5)
-                model = reply.json()["model"] if reply.status_code == 200 else {}
-                if model and model["warm_batch_size"] == model["settings"]["max_batch_size"]:
-                    return
-            except (requests.RequestException, ValueError, KeyError):
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve run exited; see {self.log.name}")
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"serve run did not become ready; see {self.log.name}")
+        try:
+            wait_for_model(self.url, is_warm, ready_timeout_s, self._exited)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"serve run did not become ready; see {self.log.name}") from None
+
+    def _exited(self) -> str | None:
+        return f"serve run exited; see {self.log.name}" if self.process.poll() is not None else None
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)

@@ -256,13 +256,13 @@ async def kill_one(
     _, pid = sorted(before.items())[0]
     os.kill(pid, signal.SIGKILL)
     report.killed, report.killed_at = deployment, time.monotonic() - began
-    key = "ingress" if deployment == "Ingress" else "replica"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         while time.monotonic() - began < report.seconds:
             try:
                 async with session.get(f"{url}/healthz") as reply:
                     payload = await reply.json()
-                seen = payload["ingress"] if key == "ingress" else payload["model"]["replica"]
+                ingress = deployment == "Ingress"
+                seen = payload["ingress"] if ingress else payload["model"]["replica"]
                 if seen not in before:
                     report.replaced_after_s = time.monotonic() - began - report.killed_at
                     return

@@ -5,23 +5,25 @@ Only one application can hold route "/" at a time, so each module gets its own (
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # serve_process: how the benchmarks run `serve`
 
-from serve_process import deployments, free_port, shipped_config  # noqa: E402
+from serve_process import (  # noqa: E402
+    deployments,
+    free_port,
+    is_warm,
+    shipped_config,
+    wait_for_model,
+)
 
 INGRESS_LIMITS = {"max_request_bytes": 300_000, "max_image_pixels": 200_000}
 BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.1, "min_score": 0.0}
@@ -51,18 +53,6 @@ def serve_deploy(ray_cluster, config: dict, folder: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def wait_for(url: str, ready: Callable[[dict], Any], timeout_s: float = 240) -> dict:
-    """GET /healthz until `ready(model info)` holds; returns that info."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(requests.RequestException, ValueError, KeyError):
-            reply = requests.get(f"{url}/healthz", timeout=10)
-            if reply.status_code == 200 and ready(reply.json()["model"]):
-                return reply.json()["model"]
-        assert time.monotonic() < deadline, f"{url} did not become ready"
-        time.sleep(1)
-
-
 @pytest.fixture(scope="module")
 def server(
     ray_cluster, tiny_export, tmp_path_factory
@@ -79,7 +69,7 @@ def server(
 
     deploy(BATCHING)
     url = f"http://127.0.0.1:{port}"
-    wait_for(url, lambda info: info["warm_batch_size"] == info["settings"]["max_batch_size"])
+    wait_for_model(url, is_warm)
     yield url, deploy
     serve.shutdown()
 

@@ -12,9 +12,10 @@ import pytest
 import requests
 from PIL import Image
 from pycocotools import mask as mask_utils
+from serve_process import wait_for_model  # benchmarks/, on the path from tests/serve/conftest.py
 
 from handray.serve.app import build_app
-from tests.serve.conftest import BATCHING, wait_for
+from tests.serve.conftest import BATCHING
 
 APP = "handray"
 
@@ -146,10 +147,10 @@ def test_a_bad_image_in_a_batch_fails_only_its_own_request(url, photo_files):
 
 def test_reconfigure_changes_thresholds_without_a_restart(server, photo_files, expected):
     url, deploy = server
-    before = wait_for(url, lambda info: True)
+    before = wait_for_model(url, lambda info: True)
     deploy({**BATCHING, "min_score": 0.95, "mask_threshold": 0.9})
     try:
-        after = wait_for(url, lambda info: info["settings"]["min_score"] == 0.95)
+        after = wait_for_model(url, lambda info: info["settings"]["min_score"] == 0.95)
         assert after["replica"] == before["replica"]
         assert after["settings"]["mask_threshold"] == 0.9
         with open(photo_files[0], "rb") as handle:
@@ -159,7 +160,7 @@ def test_reconfigure_changes_thresholds_without_a_restart(server, photo_files, e
         assert all(p["score"] >= 0.95 for p in reply["predictions"])
     finally:
         deploy(BATCHING)
-        wait_for(url, lambda info: info["settings"]["min_score"] == 0.0)
+        wait_for_model(url, lambda info: info["settings"]["min_score"] == 0.0)
 
 
 def test_the_app_builder_refuses_a_folder_without_an_export(tmp_path):
