@@ -14,15 +14,11 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from handray.data import synthetic
+from handray.data import scene, synthetic
 from handray.data.hand_paint import SKIN, draw_hand, skin_distance, skin_tone
 from handray.data.hand_shape import place, sample_pose
-from handray.data.synthetic import (
-    SynthSummary,
-    generate_dataset,
-    render_sample,
-    single_hand,
-)
+from handray.data.scene import render_sample, single_hand
+from handray.data.synthetic import SynthSummary, generate_dataset
 from handray.errors import DatasetError
 
 SIZE = 96
@@ -133,7 +129,7 @@ def test_annotations_follow_the_scene_geometry_and_chirality():
     drawing: the silhouette is mirrored for a left palm and for a right back, never otherwise."""
     size, checked, seen = 64, 0, set()
     for index in range(1, 13):
-        _, label, hands = synthetic._compose(11, "train", index, size)
+        _, label, hands = scene._compose(11, "train", index, size)
         _, annotations = render_sample(11, "train", index, size)
         remaining = iter(annotations)
         for i, (uv, is_left, view) in enumerate(hands, start=1):
@@ -269,7 +265,7 @@ def test_bodies_are_background_drawn_before_any_hand(monkeypatch):
     """A torso paints pixels with label 0 and goes down while no hand is on the canvas, so it
     never enters a hand mask and never hides a hand."""
     drawn, arms = [], 0
-    original = synthetic._draw_body
+    original = scene._draw_body
 
     def checked(canvas, hand):
         before = canvas.rgb.copy()
@@ -278,9 +274,9 @@ def test_bodies_are_background_drawn_before_any_hand(monkeypatch):
         assert not canvas.label.any()
         drawn.append(int((canvas.rgb != before).any(-1).sum()))
 
-    monkeypatch.setattr(synthetic, "_draw_body", checked)
+    monkeypatch.setattr(scene, "_draw_body", checked)
     for index in range(40):
-        _, _, hands = synthetic._compose(3, "train", index, 64)
+        _, _, hands = scene._compose(3, "train", index, 64)
         arms += len(hands)
     assert 0.4 * arms < len(drawn) < 0.8 * arms
     assert sum(count > 0 for count in drawn) > 0.5 * len(drawn)
