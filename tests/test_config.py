@@ -1,6 +1,20 @@
+import logging
+import math
+import re
+
 import pytest
 
-from handray.config import PRESETS, Config, dump_config, load_config, parse_overrides, save_config
+from handray.config import (
+    LAYER_SELECTIONS,
+    LAYER_STAGES,
+    PRESETS,
+    Config,
+    config_from_dict,
+    dump_config,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 from handray.errors import ConfigError
 
 
@@ -113,3 +127,32 @@ def test_dump_is_plain_yaml_with_every_section():
     for section in ("data:", "model:", "train:", "serve:", "tune:"):
         assert f"\n{section}" in text
     assert "!!python" not in text
+
+
+def test_old_files_with_retired_serve_address_load_with_one_warning(tmp_path, caplog):
+    path = tmp_path / "handray.yaml"
+    path.write_text("preset: tiny\nserve: {host: 0.0.0.0, port: 9000, min_score: 0.4}\n")
+    with caplog.at_level(logging.WARNING, logger="handray.config"):
+        config = load_config(path)
+    assert config == load_config("tiny", {"serve.min_score": 0.4})
+    (warning,) = caplog.records
+    assert "serve.host, serve.port" in warning.message
+    assert "serve_config.yaml's http_options" in warning.message
+    with pytest.raises(ConfigError, match="unknown key 'serve.hostname'"):
+        load_config("tiny", {"serve.hostname": "0.0.0.0"})
+
+
+def test_stage_names_are_the_layer_selections():
+    assert LAYER_STAGES == tuple(LAYER_SELECTIONS) == ("heads", "3+", "4+", "5+", "all")
+    assert all(re.compile(pattern) for pattern in LAYER_SELECTIONS.values())
+
+
+def test_to_dict_is_plain_and_every_value_survives_a_round_trip(tmp_path):
+    config = load_config("tiny", {"tune.extra": {"train.gradient_clip_norm": [1.0, math.inf]}})
+    tree = config.to_dict()
+    assert tree["model"]["rpn_anchor_scales"] == [8, 16, 32, 64, 128]
+    assert config_from_dict(tree) == config
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").tune.extra == {
+        "train.gradient_clip_norm": (1.0, math.inf)
+    }

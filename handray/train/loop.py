@@ -12,7 +12,6 @@ loss, plus a linear warm-up, step decay, and staged training (heads, then `4+`, 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from handray.config import Config, TrainConfig
+from handray.config import Config, TrainConfig, with_overrides
 from handray.data.coco import CocoDataset, load_dataset
 from handray.data.pipeline import build_dataset
 from handray.errors import HandrayError
@@ -200,9 +199,7 @@ class _Epochs:
         strategy = context.strategy
         self.global_batch = config.train.images_per_worker * strategy.num_replicas_in_sync
         # A resumed run shuffles and augments differently from the epochs it already saw.
-        run_config = dataclasses.replace(
-            config, data=dataclasses.replace(config.data, seed=config.data.seed + state.epoch)
-        )
+        run_config = with_overrides(config, {"data.seed": config.data.seed + state.epoch})
         self.train_batches = iter(self._distribute(train_set, run_config, training=True))
         self.val_batches = iter(self._distribute(val_set, run_config, training=False))
         self.average_statistics = self._statistics_averager()

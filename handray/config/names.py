@@ -1,0 +1,22 @@
+"""Names the config and the model must agree on, defined once: training stages and losses."""
+
+# The old tool's stage selections, as regular expressions over layer names. `train.layers` and
+# the keys of `train.stages` name one of these or give a regular expression of their own.
+LAYER_SELECTIONS: dict[str, str] = {
+    "heads": r"(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
+    "3+": r"(res[345].*)|(bn[345].*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
+    "4+": r"(res[45].*)|(bn[45].*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
+    "all": r".*",
+}
+LAYER_STAGES = tuple(LAYER_SELECTIONS)
+LOSS_NAMES = (
+    "rpn_class_loss",
+    "rpn_bbox_loss",
+    "mrcnn_class_loss",
+    "mrcnn_bbox_loss",
+    "mrcnn_mask_loss",
+)
+# A pasted mask pixel belongs to the hand at this probability, unless a caller says otherwise
+# (`serve.mask_threshold`, `detect(mask_threshold=...)`).
+MASK_THRESHOLD = 0.5
