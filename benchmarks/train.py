@@ -20,6 +20,7 @@ import ray
 
 from handray.config import load_config
 from handray.data.synthetic import generate_dataset
+from handray.train.resources import WorkerResources
 from handray.train.trainer import run_training
 
 TARGET = 0.8
@@ -44,8 +45,7 @@ def images_per_second(preset: str, data: Path, storage: Path, workers: int, step
     run = run_training(
         config,
         data,
-        workers=workers,
-        cpus_per_worker=1,
+        resources=WorkerResources(workers, cpus_per_worker=1),
         name=f"{preset}-{workers}",
         storage=storage,
         verbose=False,

@@ -32,8 +32,10 @@ from handray.train.checkpoint import (
     newest_run,
     read_state,
 )
+from handray.train.resources import WorkerResources
 
 TENSORBOARD_DIR = "tensorboard"  # inside the run folder
+TRAINING_WORKERS = WorkerResources(workers=2)  # `handray train`'s default: two one-CPU workers
 LOSS_PANELS = (
     (
         "training losses",
@@ -86,9 +88,7 @@ def run_training(
     dataset_dir: str | os.PathLike,
     *,
     weights: str = "none",
-    workers: int = 2,
-    gpus_per_worker: float = 0,
-    cpus_per_worker: float = 1,
+    resources: WorkerResources = TRAINING_WORKERS,
     name: str | None = None,
     storage: str | os.PathLike = DEFAULT_STORAGE,
     verbose: bool = True,
@@ -106,8 +106,8 @@ def run_training(
     say = print if verbose else (lambda *a, **k: None)
     storage = shared_folder(storage, "--storage")
     dataset_dir = Path(dataset_dir).resolve()
-    check_workers(workers, gpus_per_worker, cpus_per_worker)
-    check_dataset(dataset_dir, workers, config)
+    resources.check()
+    check_dataset(dataset_dir, resources.workers, config)
     if weights == "last":
         run = newest_run(storage)
         if run is None:
@@ -122,16 +122,14 @@ def run_training(
     elif weights != "last":
         start_weights_file(weights, config)  # fail here, not in every worker
     say(f"config ({config.preset}):\n{dump_config(config)}")
-    say(f"training on {workers} worker(s); run folder {run_dir}")
+    say(f"training on {resources.workers} worker(s); run folder {run_dir}")
 
     start_ray()
     trainer = build_trainer(
         config,
         dataset_dir,
         weights=None if weights == "last" else weights,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker,
+        resources=resources,
         name=name,
         storage=storage,
     )
@@ -175,9 +173,7 @@ def build_trainer(
     dataset_dir: Path,
     *,
     weights: str | None,
-    workers: int,
-    gpus_per_worker: float,
-    cpus_per_worker: float,
+    resources: WorkerResources,
     name: str,
     storage: Path,
     callbacks: list | None = None,
@@ -186,33 +182,20 @@ def build_trainer(
     """The `TensorflowTrainer` of one run, `STORAGE/NAME`, whose workers run `worker_loop`;
     `callbacks` are Ray Train user callbacks (a Tune trial forwards its reports with one) and
     `log_prefix` starts each progress line (which trial of a sweep it comes from)."""
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        LoggingConfig,
-        RunConfig,
-        ScalingConfig,
-    )
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    resources: dict[str, float] = {"CPU": cpus_per_worker}
-    if gpus_per_worker:
-        resources["GPU"] = gpus_per_worker
     return TensorflowTrainer(
         worker_loop,
         train_loop_config={
             "config": config.to_dict(),
             "dataset_dir": str(dataset_dir),
             "start_weights": weights,
-            "cpu_threads": _threads(cpus_per_worker),
+            "cpu_threads": resources.threads,
             "run_dir": str(storage / name),
             "log_prefix": log_prefix,
         },
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=gpus_per_worker > 0,
-            resources_per_worker=resources,
-        ),
+        scaling_config=resources.scaling_config(),
         run_config=RunConfig(
             name=name,
             storage_path=str(storage),
@@ -224,7 +207,7 @@ def build_trainer(
             ),
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks,
-            worker_runtime_env={"env_vars": _worker_environment(cpus_per_worker)},
+            worker_runtime_env={"env_vars": _worker_environment(resources)},
         ),
     )
 
@@ -274,15 +257,10 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     train_worker(config, dataset_dir, worker, start_weights=loop_config["start_weights"])
 
 
-def _threads(cpus_per_worker: float) -> int:
-    """Threads a worker's TensorFlow and input pipeline get: the CPUs Ray gave it."""
-    return max(1, int(cpus_per_worker))
-
-
-def _worker_environment(cpus_per_worker: float) -> dict[str, str]:
+def _worker_environment(resources: WorkerResources) -> dict[str, str]:
     """Worker process variables, read before TensorFlow starts: its thread pools sized to the
     CPUs Ray gave the worker (workers share machines), and quiet logs."""
-    threads = str(_threads(cpus_per_worker))
+    threads = str(resources.threads)
     return {
         "TF_NUM_INTRAOP_THREADS": threads,
         "TF_NUM_INTEROP_THREADS": threads,
@@ -303,14 +281,6 @@ def shared_folder(folder: str | os.PathLike, option: str) -> Path:
             "supported, as handray reads its checkpoints back as files"
         )
     return Path(folder).expanduser().resolve()
-
-
-def check_workers(workers: int, gpus_per_worker: float, cpus_per_worker: float) -> None:
-    """Fail on the driver when a run's worker counts make no sense."""
-    if workers < 1:
-        raise HandrayError(f"--workers must be at least 1, got {workers}")
-    if gpus_per_worker < 0 or cpus_per_worker <= 0:
-        raise HandrayError("--gpus-per-worker must be >= 0 and CPUs per worker positive")
 
 
 def check_dataset(dataset_dir: Path, workers: int, config: Config) -> None:

@@ -19,6 +19,7 @@ from handray.errors import HandrayError
 from handray.model import build_model
 from handray.model.weights import load_weights
 from handray.train.checkpoint import WEIGHTS_FILE, read_state, run_checkpoints
+from handray.train.resources import WorkerResources
 from handray.train.trainer import run_training
 
 # Workers unpickle this module's worker function by value: pytest imports it by a name
@@ -126,7 +127,11 @@ def crashed_run(ray_cluster, hands, tmp_path_factory):
     killer = threading.Thread(target=kill_a_worker_mid_run, args=(storage / "crash", killed))
     killer.start()
     run = run_training(
-        small_config(epochs=5, steps=4), hands, workers=2, name="crash", storage=storage
+        small_config(epochs=5, steps=4),
+        hands,
+        resources=WorkerResources(2),
+        name="crash",
+        storage=storage,
     )
     killer.join()
     return run, killed
@@ -150,7 +155,7 @@ def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):
     more = run_training(
         small_config(epochs=6, steps=4),
         hands,
-        workers=2,
+        resources=WorkerResources(2),
         name=run.run_dir.name,
         storage=run.run_dir.parent,
     )
@@ -161,7 +166,7 @@ def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):
     same = run_training(
         small_config(epochs=6, steps=4),
         hands,
-        workers=2,
+        resources=WorkerResources(2),
         weights="last",
         storage=run.run_dir.parent,
     )
@@ -170,7 +175,7 @@ def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):
 
 def test_bad_requests_fail_before_any_worker_starts(hands, tmp_path):
     with pytest.raises(HandrayError, match="cannot be shared by 9 workers"):
-        run_training(small_config(epochs=1), hands, workers=9, storage=tmp_path)
+        run_training(small_config(epochs=1), hands, resources=WorkerResources(9), storage=tmp_path)
     with pytest.raises(HandrayError, match="model.num_classes=2"):
         config = small_config(epochs=1)
         config.model.num_classes, config.model.class_names = 2, ("hand",)

@@ -14,12 +14,9 @@ from handray.config import ANCHOR_SETS, load_config
 from handray.data.synthetic import generate_dataset
 from handray.errors import ConfigError, HandrayError
 from handray.train.checkpoint import load_trained_model, read_state, resolve_checkpoint
-from handray.train.tune import (
-    check_search_space,
-    concurrent_trials,
-    search_space,
-    trial_config,
-)
+from handray.train.resources import WorkerResources
+from handray.train.search_space import check_search_space, search_space, trial_config
+from handray.train.tune import concurrent_trials
 
 # Four trials of two epochs, two at a time, so the last two reach ASHA's first rung (epoch 1)
 # after the first two are recorded there. Seed 4 samples the learning rates 0.01, 5.1e-05,
@@ -145,12 +142,14 @@ def test_a_search_space_that_builds_a_bad_trial_is_refused(overrides, message):
 
 def test_concurrency_leaves_every_trial_its_workers():
     settings = load_config("tiny", {"tune.trials": 8}).tune
-    assert concurrent_trials(settings, {"CPU": 4.0}, 1, 1, 0) == 3  # 1.25 CPUs a trial
-    assert concurrent_trials(settings, {"CPU": 16.0, "GPU": 2.0}, 2, 1, 1) == 1
+    one_worker, two_workers = WorkerResources(1), WorkerResources(2)
+    two_gpu_workers = WorkerResources(2, gpus_per_worker=1, cpus_per_worker=1)
+    assert concurrent_trials(settings, {"CPU": 4.0}, one_worker) == 3  # 1.25 CPUs a trial
+    assert concurrent_trials(settings, {"CPU": 16.0, "GPU": 2.0}, two_gpu_workers) == 1
     with pytest.raises(HandrayError, match="one trial needs 2.25 CPUs"):
-        concurrent_trials(settings, {"CPU": 2.0}, 2, 1, 0)
+        concurrent_trials(settings, {"CPU": 2.0}, two_workers)
     settings.max_concurrent = 4  # an autoscaling cluster: trusted as given
-    assert concurrent_trials(settings, {"CPU": 2.0}, 2, 1, 0) == 4
+    assert concurrent_trials(settings, {"CPU": 2.0}, two_workers) == 4
 
 
 def test_job_entry_point_and_bad_requests_are_one_error_line(hands, tmp_path, capsys):
