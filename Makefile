@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test lint demo serve clean
+.PHONY: setup browser test test-fast lint demo serve clean
 
 setup: $(STAMP) browser
 
@@ -29,8 +29,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Everything: unit tests and the slow ones (Ray cluster, Serve, browser, training, XLA compiles).
 test: setup
 	$(BIN)/python -m pytest
+
+# Unit tests only, in under two minutes: what to run while editing.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

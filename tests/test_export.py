@@ -69,6 +69,7 @@ def predicted(tiny_checkpoint, photo_files) -> list[dict]:
     return json.loads(buffer.getvalue())
 
 
+@pytest.mark.slow  # an export loaded in a fresh process
 def test_export_runs_without_handray_and_matches_predict(loaded_in_fresh_process, predicted):
     meta, out = loaded_in_fresh_process
     assert not meta["handray_imported"]
@@ -101,6 +102,7 @@ def test_export_runs_without_handray_and_matches_predict(loaded_in_fresh_process
         assert not out["default_scores"][index, count:].any()
 
 
+@pytest.mark.slow  # an export loaded in a fresh process
 def test_thresholds_filter_the_same_detections(loaded_in_fresh_process):
     _, out = loaded_in_fresh_process
     pixels = {"looser": 0, "tighter": 0}
@@ -118,6 +120,7 @@ def test_thresholds_filter_the_same_detections(loaded_in_fresh_process):
     assert 0 < pixels["tighter"] < pixels["looser"], pixels
 
 
+@pytest.mark.slow  # an export loaded in a fresh process
 def test_predict_image_is_one_unpadded_row(loaded_in_fresh_process):
     _, out = loaded_in_fresh_process
     count = int(out["default_num_detections"][1])
@@ -130,6 +133,7 @@ def test_predict_image_is_one_unpadded_row(loaded_in_fresh_process):
     )
 
 
+@pytest.mark.slow  # an export loaded in a fresh process
 def test_metadata_holds_classes_and_config(loaded_in_fresh_process, tiny_export):
     meta, _ = loaded_in_fresh_process
     assert meta["class_names"] == ["BG", "left_hand", "right_hand"]

@@ -144,6 +144,7 @@ def test_crop_and_resize_compiles_with_xla_and_equals_eager():
         np.testing.assert_allclose(ours.numpy(), eager.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow  # an XLA compile
 def test_pyramid_roi_align_compiles_with_xla_and_equals_eager():
     maps, boxes = pyramid_inputs(seed=3)
     maps = [tf.constant(m) for m in maps]

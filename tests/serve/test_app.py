@@ -17,6 +17,8 @@ from serve_process import wait_for_model  # benchmarks/, on the path from tests/
 from handray.serve.app import build_app
 from tests.serve.conftest import BATCHING
 
+pytestmark = pytest.mark.slow  # a Ray cluster and a Serve server
+
 APP = "handray"
 
 

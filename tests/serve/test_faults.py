@@ -7,6 +7,8 @@ import pytest
 from serve_process import deployments  # benchmarks/, on the path from tests/serve/conftest.py
 from soak import REPLACED_WITHIN_S, run_soak, verdicts
 
+pytestmark = pytest.mark.slow  # a Serve server whose replicas are killed
+
 KILL_AFTER_S = 10
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
+pytestmark = pytest.mark.slow  # a Serve server and a browser
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 

@@ -84,6 +84,7 @@ def test_stages_follow_the_old_recipe():
     assert stage_at(load_config("tiny").train, 5) == "all"
 
 
+@pytest.mark.slow  # a training run
 def test_loop_trains_checkpoints_and_resumes_exactly(hands, tmp_path):
     keras.utils.set_random_seed(0)
     config = small_config(**{"train.stages": {"heads": 1, "all": 2}})
@@ -121,6 +122,7 @@ def test_loop_trains_checkpoints_and_resumes_exactly(hands, tmp_path):
     assert again.epoch == 3 and len(second.metrics) == 1
 
 
+@pytest.mark.slow  # a training run
 def test_checkpoint_round_trip_restores_weights_and_optimizer(hands, tmp_path):
     from handray.model import build_model
     from handray.train.checkpoint import TrainingState, restore_optimizer
@@ -165,6 +167,7 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(hands, tmp_path):
     assert latest_checkpoint(tmp_path / "run") == copying
 
 
+@pytest.mark.slow  # a training run
 def test_mixed_precision_trains_with_finite_losses(hands, tmp_path):
     config = small_config(**{"train.mixed_precision": True, "train.epochs": 1})
     collector = Collector(tmp_path)
@@ -173,6 +176,7 @@ def test_mixed_precision_trains_with_finite_losses(hands, tmp_path):
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
+@pytest.mark.slow  # training runs
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_group_norm_with_adam_trains_and_checkpoints_its_optimizer(hands, tmp_path, optimizer):
     """The from-scratch recipe: group norm (no moving statistics to average across workers)

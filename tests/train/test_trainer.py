@@ -22,6 +22,8 @@ from handray.train.checkpoint import WEIGHTS_FILE, read_state, run_checkpoints
 from handray.train.resources import WorkerResources
 from handray.train.trainer import run_training
 
+pytestmark = pytest.mark.slow  # a Ray cluster, training runs, a killed worker
+
 # Workers unpickle this module's worker function by value: pytest imports it by a name
 # worker processes cannot import.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -18,6 +18,8 @@ from handray.train.resources import WorkerResources
 from handray.train.search_space import check_search_space, search_space, trial_config
 from handray.train.tune import concurrent_trials
 
+pytestmark = pytest.mark.slow  # a Ray cluster and a Tune sweep
+
 # Four trials of two epochs, two at a time, so the last two reach ASHA's first rung (epoch 1)
 # after the first two are recorded there. Seed 4 samples the learning rates 0.01, 5.1e-05,
 # 0.015 and 2.7e-07: the last trial barely trains and ends its first epoch clearly behind.
