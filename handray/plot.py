@@ -1,7 +1,9 @@
-"""Training curves as a PNG, drawn with Pillow (no plotting library in the dependencies).
+"""Training curves as a PNG, drawn with matplotlib.
 
 One panel per group of series (losses, validation AP), epochs on the x axis, a legend per
-panel; enough to see at a glance whether a run learned and when it stopped improving.
+panel; enough to see at a glance whether a run learned and when it stopped improving. The
+figure is rendered by the Agg canvas directly, never through pyplot, so plotting inside a
+training run sets no global backend and leaves no figure open.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from handray.visualize import instance_colour, save_png
+from handray.atomic import atomic_write
 
-PANEL_W, PANEL_H = 640, 300
-MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 60, 170, 28, 34
+PANEL_W, PANEL_H = 640, 300  # pixels
+DPI = 100
 
 
 def plot_history(
@@ -22,10 +26,23 @@ def plot_history(
     path: str | Path,
     panels: Sequence[tuple[str, Sequence[str]]],
 ) -> Path:
-    """Draw `panels` (title, metric names) of per-epoch `history` rows into one PNG.
+    """Draw `panels` (title, metric names) of per-epoch `history` rows into one PNG, written
+    under a temporary name and renamed when complete.
 
     Series missing from every row are left out; panels with no series are dropped.
     """
+    figure = history_figure(history, panels)
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        FigureCanvasAgg(figure).print_png(handle)
+    return path
+
+
+def history_figure(
+    history: Sequence[dict[str, float]], panels: Sequence[tuple[str, Sequence[str]]]
+) -> Figure:
+    """The figure `plot_history` saves: one axes per panel that has data, PANEL_W x PANEL_H
+    pixels each."""
     drawn = []
     for title, names in panels:
         series = {
@@ -33,51 +50,28 @@ def plot_history(
         }
         series = {name: points for name, points in series.items() if points}
         if series:
-            drawn.append(_panel(title, series))
+            drawn.append((title, series))
     if not drawn:
         raise ValueError("nothing to plot: the history has none of the requested metrics")
-    sheet = Image.new("RGB", (PANEL_W, PANEL_H * len(drawn)), "white")
-    for index, panel in enumerate(drawn):
-        sheet.paste(panel, (0, index * PANEL_H))
-    return save_png(sheet, path)
+    figure = Figure(
+        figsize=(PANEL_W / DPI, PANEL_H * len(drawn) / DPI), dpi=DPI, layout="constrained"
+    )
+    rows = figure.subplots(len(drawn), squeeze=False)[:, 0]
+    for axes, (title, series) in zip(rows, drawn, strict=True):
+        _panel(axes, title, series)
+    return figure
 
 
-def _panel(title: str, series: dict[str, list[tuple[float, float]]]) -> Image.Image:
-    panel = Image.new("RGB", (PANEL_W, PANEL_H), "white")
-    draw = ImageDraw.Draw(panel)
-    points = [p for values in series.values() for p in values]
-    x_low, x_high = min(p[0] for p in points), max(p[0] for p in points)
-    y_low, y_high = min(0.0, min(p[1] for p in points)), max(p[1] for p in points)
-    x_high = x_high if x_high > x_low else x_low + 1
-    y_high = y_high if y_high > y_low else y_low + 1
-    left, top = MARGIN_L, MARGIN_T
-    right, bottom = PANEL_W - MARGIN_R, PANEL_H - MARGIN_B
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return (
-            left + (x - x_low) / (x_high - x_low) * (right - left),
-            bottom - (y - y_low) / (y_high - y_low) * (bottom - top),
-        )
-
-    draw.text((left, 8), title, fill="black")
-    draw.rectangle([left, top, right, bottom], outline="grey")
-    for tick in range(5):
-        value = y_low + (y_high - y_low) * tick / 4
-        y = at(x_low, value)[1]
-        draw.line([left - 4, y, left, y], fill="grey")
-        draw.text((4, y - 6), f"{value:.3g}", fill="black")
-    for x_value in (x_low, (x_low + x_high) / 2, x_high):
-        x = at(x_value, y_low)[0]
-        draw.text((x - 8, bottom + 6), f"{x_value:g}", fill="black")
-    draw.text(((left + right) / 2 - 14, bottom + 20), "epoch", fill="black")
-    for index, (name, values) in enumerate(series.items()):
-        colour = instance_colour(index)
-        xy = [at(x, y) for x, y in values]
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
-        for x, y in xy:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        legend_y = top + 14 * index
-        draw.line([right + 10, legend_y + 6, right + 26, legend_y + 6], fill=colour, width=2)
-        draw.text((right + 30, legend_y), name, fill="black")
-    return panel
+def _panel(axes, title: str, series: dict[str, list[tuple[float, float]]]) -> None:
+    """Lines with a dot per epoch; a y axis from zero unless a value is negative, so that a
+    loss's scale reads at a glance."""
+    for name, points in series.items():
+        epochs, values = zip(*points, strict=True)
+        axes.plot(epochs, values, marker="o", markersize=3, linewidth=1.5, label=name)
+    if all(value >= 0 for points in series.values() for _, value in points):
+        axes.set_ylim(bottom=0.0)
+    axes.set_title(title, loc="left", fontsize="medium")
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
