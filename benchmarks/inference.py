@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from handray.config import Config, load_config
-from handray.data.resize import resize_and_pad
 from handray.data.synthetic import render_sample
+from handray.geometry import resize_and_pad
 from handray.model.maskrcnn import MaskRCNN, build_model
 from handray.model.roi_align import pyramid_roi_align
 from handray.model.rpn import run_rpn
@@ -175,7 +175,7 @@ def detect_rows(
     preset: str, source: int, models: dict[object, MaskRCNN], gflop: float, repeats: int
 ) -> list[Row]:
     """`detect` latency of each batch size, every compile mode interleaved."""
-    size = models[True].config.data.image_size
+    size = models[True].image_size
     rows = []
     for batch in BATCHES:
         batch_images = images(batch, source)
@@ -187,10 +187,12 @@ def detect_rows(
     return rows
 
 
-def breakdown(models: dict[bool, MaskRCNN], repeats: int) -> dict[bool, list[Stage]]:
-    """Per-stage times of hand-r101 on one 320x320 image, XLA on and off: each stage is its own
-    warmed-up tf.function (compiled like the model) on the real intermediate tensors."""
-    config = models[True].config
+def breakdown(
+    models: dict[bool, MaskRCNN], config: Config, repeats: int
+) -> dict[bool, list[Stage]]:
+    """Per-stage times of hand-r101 (built from `config`) on one 320x320 image, XLA on and off:
+    each stage is its own warmed-up tf.function (compiled like the model) on the real
+    intermediate tensors."""
     settings, size = config.model, config.data.image_size
     flops = stage_flops(models[True], config)
     image = images(1, 320)
@@ -216,7 +218,7 @@ def breakdown(models: dict[bool, MaskRCNN], repeats: int) -> dict[bool, list[Sta
     }
     calls = {}
     for xla, model in models.items():
-        stage_calls = _stage_calls(model, xla, image, padded, windows)
+        stage_calls = _stage_calls(model, config, xla, image, padded, windows)
         calls.update({(xla, key): fn for key, fn in stage_calls.items()})
     seconds = interleaved_medians(calls, repeats)
 
@@ -238,10 +240,14 @@ def breakdown(models: dict[bool, MaskRCNN], repeats: int) -> dict[bool, list[Sta
 
 
 def _stage_calls(
-    model: MaskRCNN, xla: bool, image: list[np.ndarray], padded: tf.Tensor, windows: tf.Tensor
+    model: MaskRCNN,
+    config: Config,
+    xla: bool,
+    image: list[np.ndarray],
+    padded: tf.Tensor,
+    windows: tf.Tensor,
 ) -> dict[str, Callable[[], object]]:
     """Zero-argument calls of each stage of `model` on the intermediate tensors of `padded`."""
-    config = model.config
     settings, size = config.model, config.data.image_size
     normalised = tf.cast(windows, tf.float32) / float(size)
 
@@ -275,7 +281,9 @@ def _stage_calls(
         "box_head": partial(box_head, box_align(pyramid, rois)),
         "mask_align": partial(mask_align, pyramid, boxes),
         "mask_head": partial(mask_head, mask_align(pyramid, boxes)),
-        "whole": partial(model.predict_padded, padded, windows),
+        "whole": partial(
+            model.predict_padded, padded, windows, tf.constant(settings.detection_min_confidence)
+        ),
         "detect": partial(model.detect, image),
     }
 
@@ -339,7 +347,7 @@ def main() -> None:
         gflop = sum(stage_flops(models[True], config).values()) / 1e9
         rows += detect_rows(preset, source, models, gflop, args.repeats)
         if preset == "hand-r101" and not args.skip_breakdown:
-            stages = breakdown({xla: models[xla] for xla in (True, False)}, args.repeats)
+            stages = breakdown({xla: models[xla] for xla in (True, False)}, config, args.repeats)
 
     matmul = ", ".join(f"n={n}: {r:.1f}" for n, r in rates.items())
     print(

@@ -35,7 +35,7 @@ def step_seconds(dataset, overrides: dict, steps: int) -> tuple[float, int]:
     """Mean seconds per step after three warm-up steps (tracing), and the batch size."""
     config = load_config("tiny", {"data.augment": False, **overrides})
     model = build_model(config)
-    step = make_train_step(model, make_optimizer(config.train))
+    step = make_train_step(model, make_optimizer(config.train), config)
     batches = iter(build_dataset(dataset, config, training=True))
     cached = [next(batches) for _ in range(8)]
     for batch in cached[:3]:

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", type=Path, metavar="OUT_DIR", help="draw to OUT_DIR/STEM.png")
     predict.add_argument("--json", action="store_true", help="print one JSON document")
     predict.add_argument(
-        "--min-score", type=float, metavar="S", help="report scores >= S (default: config's)"
+        "--min-score", type=_score, metavar="S", help="report scores >= S (default: config's)"
     )
     _add_weights(predict)
 
@@ -188,6 +188,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _score(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a score within [0, 1], got {value}")
+    return value
+
+
 def _config(args: argparse.Namespace) -> None:
     from handray.config import dump_config, load_config, parse_overrides, save_config
 
@@ -247,9 +254,7 @@ def _train(args: argparse.Namespace) -> None:
         _cluster_config(args, overrides),
         args.dataset,
         weights=args.weights,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
+        resources=_worker_resources(args, args.workers),
         name=args.name,
         storage=args.storage,
     )
@@ -267,13 +272,18 @@ def _tune(args: argparse.Namespace) -> None:
         _cluster_config(args, overrides),
         args.dataset,
         weights=args.weights,
-        workers_per_trial=args.workers_per_trial,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
+        resources=_worker_resources(args, args.workers_per_trial),
         name=args.name,
         out=args.out,
         resume=args.resume,
     )
+
+
+def _worker_resources(args: argparse.Namespace, workers: int):
+    """`workers` workers, each with the CPUs and GPUs that `_add_cluster_run` options give."""
+    from handray.train.resources import WorkerResources
+
+    return WorkerResources(workers, args.gpus_per_worker, args.cpus_per_worker)
 
 
 def _cluster_config(args: argparse.Namespace, overrides: dict) -> Config:
@@ -314,6 +324,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         overlays=args.overlays,
         out=out,
+        mask_threshold=config.serve.mask_threshold,
     )
     print(format_metrics(metrics))
     print(f"metrics: {write_metrics(metrics, out)}")
@@ -327,8 +338,14 @@ def _predict(args: argparse.Namespace) -> None:
     from handray.predict import check_inputs, format_predictions, predict_files
 
     check_inputs(args.images, args.overlay)
-    model, _, _ = _load_model(args, min_score=args.min_score)
-    records = predict_files(model, args.images, overlay_dir=args.overlay)
+    model, config, _ = _load_model(args)
+    records = predict_files(
+        model,
+        args.images,
+        overlay_dir=args.overlay,
+        min_score=args.min_score,
+        mask_threshold=config.serve.mask_threshold,
+    )
     if args.json:
         print(json.dumps(records))
         return
@@ -351,18 +368,15 @@ def _export(args: argparse.Namespace) -> None:
     print(f"serve it:   serve run handray.serve.app:build_app model_dir={out}")
 
 
-def _load_model(args: argparse.Namespace, min_score: float | None = None):
+def _load_model(args: argparse.Namespace):
     """The model, config and weights path that `_add_weights` options name."""
     from handray.config import parse_overrides
     from handray.train.checkpoint import DEFAULT_STORAGE, load_trained_model
 
-    overrides = parse_overrides(args.overrides)
-    if min_score is not None:
-        overrides["model.detection_min_confidence"] = min_score
     return load_trained_model(
         args.weights,
         args.preset or args.config,
-        overrides,
+        parse_overrides(args.overrides),
         storage=args.storage or DEFAULT_STORAGE,
     )
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from handray.config import load_config
+from handray.config import load_config, with_overrides
 from handray.data.coco import annotation_file, load_dataset
 from handray.data.preview import preview_dataset
 from handray.data.synthetic import generate_dataset
@@ -47,6 +46,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     from handray.evaluate import MONTAGE_FILE, evaluate_model, format_metrics, write_metrics
     from handray.export import export_model
     from handray.train.checkpoint import load_trained_model
+    from handray.train.resources import WorkerResources
     from handray.train.trainer import run_training
 
     start = time.perf_counter()
@@ -61,18 +61,21 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     if not ray.is_initialized():
         ray.init(num_cpus=workers, log_to_driver=True)
     config = load_config("tiny", DEMO_TRAINING)
-    run = run_training(config, data, workers=workers, name="train", storage=out)
+    run = run_training(config, data, resources=WorkerResources(workers), name="train", storage=out)
     trained = time.perf_counter()
 
     model, trained_config, _ = load_trained_model(run.checkpoint)
     evaluation = out / "eval"
-    metrics = evaluate_model(model, load_dataset(data, "val"), overlays=16, out=evaluation)
+    metrics = evaluate_model(
+        model,
+        load_dataset(data, "val"),
+        overlays=16,
+        out=evaluation,
+        mask_threshold=trained_config.serve.mask_threshold,
+    )
     print(format_metrics(metrics))
     metrics_file = write_metrics(metrics, evaluation)
-    serving = replace(
-        trained_config,
-        model=replace(trained_config.model, detection_min_confidence=SERVE_MIN_SCORE),
-    )
+    serving = with_overrides(trained_config, {"model.detection_min_confidence": SERVE_MIN_SCORE})
     export = export_model(model, serving, out / "model", overwrite=True)
     total = (time.perf_counter() - start) / 60
     mask_ap50 = metrics["segm"]["AP50"] or 0.0

@@ -27,6 +27,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from handray.atomic import atomic_write
+from handray.config import MASK_THRESHOLD
 from handray.data.coco import CocoDataset, ImageRecord
 from handray.data.masks import encode_mask
 from handray.errors import DatasetError, HandrayError
@@ -178,11 +179,13 @@ def evaluate_model(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     overlay_min_score: float = OVERLAY_MIN_SCORE,
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> dict[str, Any]:
     """COCO box and mask metrics of `model` on the first `limit` images of `dataset` (all by
     default), overall and per class; with `out`, the first `overlays` images are drawn there,
     with the detections scoring at least `overlay_min_score` (AP counts every detection: it
-    needs the low-score tail that a picture would drown in).
+    needs the low-score tail that a picture would drown in). Detections are those `model.detect`
+    keeps by default, with masks cut at `mask_threshold`.
 
     Model classes are matched to dataset categories by name. Returns
     ``{"bbox": stats, "segm": stats, "per_class": {name: {...}}, "agnostic": {"bbox": stats,
@@ -190,7 +193,7 @@ def evaluate_model(
     "images_per_s": x}``; ``metrics["segm"]["AP"]`` is the mask AP. The speed counts decoding
     (overlapped with inference) and a new model's first-call graph building.
     """
-    class_names = model.config.model.class_names
+    class_names = model.class_names
     category_ids = _category_ids(class_names, dataset)
     if limit is not None and limit < 1:
         raise HandrayError(f"limit must be at least 1, got {limit}")
@@ -206,7 +209,7 @@ def evaluate_model(
             batch = records[offset : offset + len(images)]
             for record, image in zip(batch, images, strict=True):
                 _check_size(record, image)
-            detections = detect_batch(model, images, batch_size)
+            detections = detect_batch(model, images, batch_size, mask_threshold=mask_threshold)
             for record, image, detection in zip(batch, images, detections, strict=True):
                 results += coco_results(record.image_id, detection, category_ids)
                 if out is not None and len(pictures) < overlays:
@@ -233,12 +236,18 @@ def evaluate_model(
 
 
 def detect_batch(
-    model: MaskRCNN, images: list[np.ndarray], batch_size: int
+    model: MaskRCNN,
+    images: list[np.ndarray],
+    batch_size: int,
+    *,
+    min_score: float | None = None,
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> list[dict[str, np.ndarray]]:
     """`model.detect` on a batch, a short last batch padded with copies of its last image:
     every call then has the same shape and reuses the compiled graph instead of tracing anew."""
     padding = [images[-1]] * (batch_size - len(images))
-    return model.detect(images + padding)[: len(images)]
+    detections = model.detect(images + padding, min_score=min_score, mask_threshold=mask_threshold)
+    return detections[: len(images)]
 
 
 def write_metrics(metrics: dict[str, Any], out: str | os.PathLike) -> Path:

@@ -17,6 +17,8 @@ are all in the graph. Signatures:
 - `metadata()`: class names, the config YAML, model name and version, default thresholds.
 
 Pixels are decoded as stored: EXIF orientation is not applied (the HTTP server applies it first).
+The network runs with the threshold it is given and `handray.postprocess` maps its outputs back
+to the original pixels, as `MaskRCNN.detect` does: one model, one post-processing path.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ import tensorflow as tf
 
 from handray.atomic import atomic_directory
 from handray.config import Config, dump_config, save_config
-from handray.data.resize import boxes_to_original, resize_and_pad
 from handray.errors import HandrayError
-from handray.model import build_model
-from handray.model.detection import paste_masks
+from handray.geometry import resize_and_pad
+from handray.model import MaskRCNN
+from handray.postprocess import to_original_pixels
+from handray.unpad import image_detections
 
 CONFIG_COPY = "handray.yaml"  # the config beside saved_model.pb, for people to read
 _IMAGES = tf.TensorSpec([None], tf.string, name="images")
@@ -49,18 +51,18 @@ _SCALAR = tf.TensorSpec([], tf.float32)
 class DetectionExport(tf.Module):
     """The exported object: the model's variables plus the serving functions that use them."""
 
-    def __init__(self, model, config: Config, name: str, version: str):
+    def __init__(self, model: MaskRCNN, config: Config, name: str, version: str):
         super().__init__(name="handray_export")
         self._model = model
         # Every variable the functions read must be reachable from the saved object.
         self.model_variables = list(model.variables)
         self._config = config
         self._info = {
-            "class_names": tf.constant(["BG", *config.model.class_names]),
+            "class_names": tf.constant(["BG", *model.class_names]),
             "config": tf.constant(dump_config(config)),
             "name": tf.constant(name),
             "version": tf.constant(version),
-            "image_size": tf.constant(config.data.image_size),
+            "image_size": tf.constant(model.image_size),
             "min_score": tf.constant(config.model.detection_min_confidence),
             "mask_threshold": tf.constant(config.serve.mask_threshold),
         }
@@ -92,7 +94,7 @@ class DetectionExport(tf.Module):
             min_score = self._info["min_score"]
         if mask_threshold is None:
             mask_threshold = self._info["mask_threshold"]
-        size = self._config.data.image_size
+        size = self._model.image_size
         padded, windows, scales, sizes = tf.map_fn(
             self._prepare,
             images,
@@ -103,70 +105,37 @@ class DetectionExport(tf.Module):
                 tf.TensorSpec([2], tf.int32),
             ),
         )
-        out = self._model.predict_padded(padded, windows)
-        # Detections come best first, so those at or above `min_score` are a prefix of each row.
-        keep = out["valid"] & (out["scores"] >= min_score)
-        counts = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
-        top = tf.reduce_max(tf.concat([counts, [0]], axis=0))
-        keep = keep[:, :top]
-        boxes = boxes_to_original(
-            out["boxes"][:, :top] * float(size), windows[:, None, :], scales[:, None, :]
-        )
-        limits = tf.cast(tf.tile(sizes, [1, 2]), tf.float32)[:, None, :]
-        boxes = tf.clip_by_value(boxes, 0.0, limits) * tf.cast(keep, tf.float32)[..., None]
-        height, width = tf.reduce_max(sizes[:, 0]), tf.reduce_max(sizes[:, 1])
-        masks = paste_masks(out["masks"][:, :top], boxes, height, width, mask_threshold)
-        inside_rows = tf.range(height)[None, :] < sizes[:, :1]
-        inside_cols = tf.range(width)[None, :] < sizes[:, 1:]
-        inside = inside_rows[:, None, :, None] & inside_cols[:, None, None, :]
-        masks = masks & inside & keep[..., None, None]
-        return {
-            "num_detections": counts,
-            "boxes": boxes,
-            "class_ids": tf.where(keep, out["class_ids"][:, :top], 0),
-            "scores": tf.where(keep, out["scores"][:, :top], 0.0),
-            "masks": tf.cast(masks, tf.uint8),
-            "image_sizes": sizes,
-        }
+        out = self._model.predict_padded(padded, windows, min_score)
+        result = to_original_pixels(out, windows, scales, sizes, size, min_score, mask_threshold)
+        return {**result, "masks": tf.cast(result["masks"], tf.uint8)}
 
     def _predict_image(self, image, min_score=None) -> dict[str, tf.Tensor]:
-        out = self._serve(image[None], min_score)
-        count = out["num_detections"][0]
-        return {
-            "rois": out["boxes"][0, :count],
-            "class_ids": out["class_ids"][0, :count],
-            "scores": out["scores"][0, :count],
-            "masks": out["masks"][0, :count],
-        }
+        return image_detections(self._serve(image[None], min_score), 0)
 
     def _prepare(self, encoded: tf.Tensor):
         """Bytes -> the padded square, its window and scale, and the original [height, width]."""
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
-        data = self._config.data
-        padded, window, scale = resize_and_pad(image, data.image_size, data.min_dim)
+        padded, window, scale = resize_and_pad(image, self._model.image_size, self._model.min_dim)
         return padded, window, scale, tf.shape(image)[:2]
 
 
 def export_model(
-    model,
+    model: MaskRCNN,
     config: Config,
     out: str | os.PathLike,
     *,
     name: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the SavedModel of a trained `model` to folder `out` (atomically); returns `out`.
+    """Write the SavedModel of a trained `model` (built from `config`) to folder `out`
+    (atomically); returns `out`.
 
-    The graph keeps every detection above score 0 and filters by the `min_score` it is given, so
-    one export serves any threshold; `model.detection_min_confidence` becomes the default.
+    The graph takes the score threshold as an input, so one export serves any threshold;
+    `model.detection_min_confidence` and `serve.mask_threshold` become the defaults.
     """
     out = check_target(out, overwrite)
-    # A model of its own, built to keep every detection: the graph filters by `min_score`.
-    permissive = replace(config, model=replace(config.model, detection_min_confidence=0.0))
-    serving = build_model(permissive)
-    serving.set_weights(model.get_weights())
-    module = DetectionExport(serving, config, name or f"handray-{config.preset}", _version(model))
+    module = DetectionExport(model, config, name or f"handray-{config.preset}", _version(model))
     signatures = module.signatures()
     with atomic_directory(out, overwrite=True) as staging, _quiet_tensorflow():
         tf.saved_model.save(module, str(staging), signatures=signatures)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from handray.config import MASK_THRESHOLD
 from handray.errors import HandrayError
 from handray.evaluate import coco_results, detect_batch
 from handray.images import read_batches, read_image
@@ -42,21 +43,29 @@ def predict_files(
     *,
     overlay_dir: str | os.PathLike | None = None,
     batch_size: int = 4,
+    min_score: float | None = None,
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> list[dict[str, Any]]:
     """Detections per image file, JSON-ready: ``{"image", "width", "height", "predictions"}``
     with each prediction's roi (y1, x1, y2, x2), bbox (x, y, w, h), class and COCO RLE mask.
 
-    Images are turned upright by their EXIF orientation first; with `overlay_dir`, each one is
-    also drawn to ``overlay_dir/<image stem>.png``.
+    Detections score at least `min_score` (default: the model's own), masks are cut at
+    `mask_threshold`. Images are turned upright by their EXIF orientation first; with
+    `overlay_dir`, each one is also drawn to ``overlay_dir/<image stem>.png``.
     """
-    class_names = model.config.model.class_names
+    class_names = model.class_names
     class_ids = range(1, len(class_names) + 1)
     records = []
     batches = read_batches(paths, batch_size, exif=True)
     for offset, images in zip(range(0, len(paths), batch_size), batches, strict=True):
         batch = paths[offset : offset + len(images)]
         for path, image, detection in zip(
-            batch, images, detect_batch(model, images, batch_size), strict=True
+            batch,
+            images,
+            detect_batch(
+                model, images, batch_size, min_score=min_score, mask_threshold=mask_threshold
+            ),
+            strict=True,
         ):
             entries = coco_results(0, detection, class_ids)
             predictions = [

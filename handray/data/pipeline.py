@@ -27,9 +27,8 @@ import tensorflow as tf
 
 from handray.config import Config
 from handray.data.coco import CocoDataset
-from handray.data.resize import resize_scale, resized_shape
 from handray.errors import DatasetError
-from handray.model.roi_align import pixel_centre_boxes
+from handray.geometry import pixel_centre_boxes, resize_scale, resized_shape
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,4 @@
-"""From head outputs to final detections, and from 28x28 masks to full-image masks.
-
-`refine_detections` keeps fixed shapes (XLA); `paste_masks` maps each box-relative mask onto the
-original image's pixel grid with two small interpolation matrices per detection, so pasting a
-whole batch is a pair of matrix products rather than a loop over boxes.
-"""
+"""From the box head's outputs to final detections, with fixed shapes (XLA)."""
 
 from __future__ import annotations
 
@@ -68,36 +63,3 @@ def refine_detections(
         "scores": tf.gather(scores, index, batch_dims=1) * weight,
         "valid": valid,
     }
-
-
-def _interpolation(start: tf.Tensor, end: tf.Tensor, length: tf.Tensor, cells: int) -> tf.Tensor:
-    """[B, D, length, cells] weights sampling a box-relative grid of `cells` at pixel centres.
-
-    Pixel centres outside [start, end) get no weight: the mask is empty outside its box.
-    """
-    centres = tf.cast(tf.range(length), tf.float32) + 0.5
-    start, end = start[..., None], end[..., None]
-    position = (centres - start) / tf.maximum(end - start, 1e-6) * cells - 0.5
-    position = tf.clip_by_value(position, 0.0, cells - 1.0)
-    low = tf.floor(position)
-    fraction = position - low
-    high = tf.minimum(low + 1.0, cells - 1.0)
-    weights = tf.one_hot(tf.cast(low, tf.int32), cells) * (1.0 - fraction)[..., None]
-    weights += tf.one_hot(tf.cast(high, tf.int32), cells) * fraction[..., None]
-    inside = (centres >= start) & (centres < end)
-    return weights * tf.cast(inside, tf.float32)[..., None]
-
-
-def paste_masks(
-    masks: tf.Tensor, boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor, threshold: float = 0.5
-) -> tf.Tensor:
-    """Box-relative mask probabilities [B, D, h, w] -> boolean masks [B, D, height, width].
-
-    boxes [B, D, 4] are in the target image's pixels (y1, x1, y2, x2, ends exclusive). A pixel
-    belongs to the mask when the bilinearly sampled probability at its centre is >= threshold.
-    """
-    rows = _interpolation(boxes[..., 0], boxes[..., 2], height, masks.shape[2])
-    cols = _interpolation(boxes[..., 1], boxes[..., 3], width, masks.shape[3])
-    sampled = tf.einsum("bdhi,bdij->bdhj", rows, tf.cast(masks, tf.float32))
-    sampled = tf.einsum("bdhj,bdwj->bdhw", sampled, cols)
-    return sampled >= threshold

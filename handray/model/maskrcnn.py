@@ -1,8 +1,14 @@
 """Mask R-CNN: backbone + FPN, RPN, proposals, ROI heads and detection in one Keras 3 model.
 
 The forward pass reads top to bottom in `_inference` and `train_step_losses`; the operations
-live in their own modules. Inputs are padded squares (see `handray.data.resize`); `detect` does
-the padding for a list of any-sized images and maps the results back to their pixels.
+live in their own modules. Inputs are padded squares (see `handray.geometry`); `detect` does
+the padding for a list of any-sized images and maps the results back to their pixels with
+`handray.postprocess`, as the export does.
+
+The model knows its architecture (`ModelConfig`, the input size) and nothing else of the
+configuration: `build_model(config)` is the one place that reads the whole tree. Loss weights,
+weight decay and clipping belong to the training step (`handray.train.step`); score and mask
+thresholds are arguments of `detect` and `predict_padded`.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from handray.config import Config
-from handray.data.resize import boxes_to_original, resize_and_pad
+from handray.config import LAYER_SELECTIONS, LOSS_NAMES, MASK_THRESHOLD, Config, ModelConfig
+from handray.geometry import resize_and_pad
 from handray.model import diagnostics, losses
 from handray.model.anchors import generate_anchors
 from handray.model.backbone import build_backbone
-from handray.model.detection import paste_masks, refine_detections
+from handray.model.detection import refine_detections
 from handray.model.fpn import build_fpn
 from handray.model.heads import build_box_head, build_mask_head
 from handray.model.norm import Norm
@@ -27,26 +33,33 @@ from handray.model.proposals import generate_proposals
 from handray.model.roi_align import pyramid_roi_align
 from handray.model.rpn import build_rpn_model, run_rpn
 from handray.model.targets import detection_targets, real_and_crowd, rpn_targets
-
-# The old tool's stage selections, as regular expressions over layer names.
-TRAINABLE_LAYERS = {
-    "heads": r"(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
-    "3+": r"(res[345].*)|(bn[345].*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
-    "4+": r"(res[45].*)|(bn[45].*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn_.*)|(rpn_.*)|(fpn_.*)",
-    "all": r".*",
-}
+from handray.postprocess import to_original_pixels
+from handray.unpad import image_detections
 
 
 class MaskRCNN(keras.Model):
     """Hand Mask R-CNN. Use `build_model(config)`; `detect` for predictions, `train_step_losses`
     inside a GradientTape for training."""
 
-    def __init__(self, config: Config, jit_compile: bool | str = "auto", **kwargs):
+    def __init__(
+        self,
+        settings: ModelConfig,
+        image_size: int,
+        *,
+        min_dim: int = 0,
+        train_bn: bool = False,
+        bn_momentum: float = 0.99,
+        jit_compile: bool | str = "auto",
+        **kwargs,
+    ):
+        """`settings`: the architecture; `image_size`: the padded square's side, with `min_dim`
+        the short side small images are upscaled to (`data.min_dim`); `train_bn` and
+        `bn_momentum`: whether batch norm learns, and how fast its statistics move."""
         super().__init__(name="mask_rcnn", **kwargs)
-        self.config = config
-        model, size = config.model, config.data.image_size
-        norm = Norm(model.norm, config.train.train_bn, config.train.bn_momentum, model.norm_groups)
+        self._settings = model = settings
+        self.image_size, self.min_dim = image_size, min_dim
+        size = image_size
+        norm = Norm(model.norm, train_bn, bn_momentum, model.norm_groups)
         image = keras.Input((size, size, 3), name="input_image")
         pyramid = build_fpn(build_backbone(image, model.backbone, norm), model.fpn_channels)
         self.features = keras.Model(image, pyramid, name="resnet_fpn")
@@ -80,13 +93,29 @@ class MaskRCNN(keras.Model):
         self._rpn_std = tf.constant(model.rpn_bbox_std_dev, tf.float32)
         self._bbox_std = tf.constant(model.bbox_std_dev, tf.float32)
         self.predict_padded = self._compile_predict(jit_compile)
-        self._paste = tf.function(paste_masks, reduce_retracing=True)
+        self._to_original = tf.function(to_original_pixels, reduce_retracing=True)
         self.built = True
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The hand classes, without background (class id 1 is the first)."""
+        return self._settings.class_names
+
+    @property
+    def backbone_name(self) -> str:
+        """`resnet50`, `resnet101` or `tiny`: which ImageNet weights fit the backbone."""
+        return self._settings.backbone
+
+    @property
+    def default_min_score(self) -> float:
+        """The score `detect` keeps from when it is given none (`detection_min_confidence`)."""
+        return self._settings.detection_min_confidence
 
     # ----- the forward passes -------------------------------------------------------------
 
     def call(self, inputs: dict, training: bool = False) -> dict:
-        return self._inference(inputs["image"], inputs["window"])
+        min_score = inputs.get("min_score", self.default_min_score)
+        return self._inference(inputs["image"], inputs["window"], min_score)
 
     def _compile_predict(self, jit_compile: bool | str):
         """The predict step: one XLA call (True), plain graphs (False), or "auto": one XLA call
@@ -99,15 +128,16 @@ class MaskRCNN(keras.Model):
             return tf.function(self._inference, jit_compile=bool(jit_compile))
         features = tf.function(self._rpn_stage)
         heads = tf.function(self._head_stage, jit_compile=True)
-        return lambda images, windows: heads(*features(images), windows)
+        return lambda images, windows, min_score: heads(*features(images), windows, min_score)
 
-    def _inference(self, images: tf.Tensor, windows: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Padded images [B, S, S, 3] and windows [B, 4] (pixels) -> fixed-size detections.
+    def _inference(self, images: tf.Tensor, windows: tf.Tensor, min_score) -> dict[str, tf.Tensor]:
+        """Padded images [B, S, S, 3], windows [B, 4] (pixels) and the lowest score to keep
+        (a scalar) -> fixed-size detections.
 
         Boxes come back normalised to the square; masks are [B, D, h, w] probabilities of each
         detection's class, relative to its box.
         """
-        return self._head_stage(*self._rpn_stage(images), windows)
+        return self._head_stage(*self._rpn_stage(images), windows, min_score)
 
     def _rpn_stage(self, images: tf.Tensor):
         """Feature pyramid and RPN outputs (the convolutional bulk of inference)."""
@@ -115,9 +145,11 @@ class MaskRCNN(keras.Model):
         _, rpn_probs, rpn_deltas = run_rpn(self.rpn, pyramid)
         return pyramid, rpn_probs, rpn_deltas
 
-    def _head_stage(self, pyramid, rpn_probs, rpn_deltas, windows) -> dict[str, tf.Tensor]:
+    def _head_stage(
+        self, pyramid, rpn_probs, rpn_deltas, windows, min_score
+    ) -> dict[str, tf.Tensor]:
         """Proposals, box head, detection refinement and mask head."""
-        model = self.config.model
+        model = self._settings
         windows = self._normalise(windows)
         rois, roi_valid = self._proposals(
             rpn_probs, rpn_deltas, windows, model.post_nms_rois_inference
@@ -130,7 +162,7 @@ class MaskRCNN(keras.Model):
             deltas,
             windows,
             std_dev=self._bbox_std,
-            min_confidence=model.detection_min_confidence,
+            min_confidence=min_score,
             nms_threshold=model.detection_nms_threshold,
             max_instances=model.detection_max_instances,
             per_class=model.detection_per_class,
@@ -142,14 +174,15 @@ class MaskRCNN(keras.Model):
         return {**detections, "masks": masks}
 
     def train_step_losses(
-        self, batch: dict[str, tf.Tensor], training: bool = True
+        self, batch: dict[str, tf.Tensor], *, mini_masks: bool, training: bool = True
     ) -> dict[str, tf.Tensor]:
-        """All losses of one training batch (from `handray.data.pipeline`), with their total,
-        and the per-stage diagnostics of `handray.model.diagnostics`.
+        """The five losses of one training batch (from `handray.data.pipeline`, whose masks are
+        box-relative when `mini_masks`), and the per-stage diagnostics of
+        `handray.model.diagnostics`. Weighting and summing them is the training step's.
 
         `training=False` gives validation losses: batch norm uses its moving statistics.
         """
-        model, weights = self.config.model, self.config.train.loss_weights
+        model = self._settings
         windows = self._normalise(batch["window"])
         gt_boxes = self._normalise(batch["gt_boxes"])
         gt_class_ids, gt_crowd = batch["gt_class_ids"], batch["gt_crowd"]
@@ -182,7 +215,7 @@ class MaskRCNN(keras.Model):
             positive_ratio=model.roi_positive_ratio,
             std_dev=self._bbox_std,
             mask_shape=model.mask_shape,
-            mini_mask=self.config.data.use_mini_mask,
+            mini_mask=mini_masks,
             positive_jitter=model.roi_positive_jitter,
             hard_negative_fraction=model.roi_hard_negative_fraction,
             mask_rois=model.mask_rois_per_image,
@@ -190,26 +223,16 @@ class MaskRCNN(keras.Model):
         class_logits, _, deltas = self._classify(pyramid, targets.rois, training=training)
         slots = targets.mask_slots
         masks = self._segment(pyramid, targets.rois[:, :slots], training=training)
-        values = {
-            "rpn_class_loss": losses.rpn_class_loss(anchor_labels, rpn_logits),
-            "rpn_bbox_loss": losses.rpn_bbox_loss(anchor_labels, anchor_deltas, rpn_deltas),
-            "mrcnn_class_loss": losses.head_class_loss(
-                targets.class_ids, targets.valid, class_logits
-            ),
-            "mrcnn_bbox_loss": losses.head_bbox_loss(
-                targets.class_ids, targets.positive, targets.deltas, deltas
-            ),
-            "mrcnn_mask_loss": losses.head_mask_loss(
+        head_losses = (
+            losses.rpn_class_loss(anchor_labels, rpn_logits),
+            losses.rpn_bbox_loss(anchor_labels, anchor_deltas, rpn_deltas),
+            losses.head_class_loss(targets.class_ids, targets.valid, class_logits),
+            losses.head_bbox_loss(targets.class_ids, targets.positive, targets.deltas, deltas),
+            losses.head_mask_loss(
                 targets.class_ids[:, :slots], targets.positive[:, :slots], targets.masks, masks
             ),
-        }
-        if self.config.train.optimizer != "adamw":  # AdamW decays the weights itself
-            values["weight_decay_loss"] = losses.weight_decay_loss(
-                self.trainable_variables, self.config.train.weight_decay
-            )
-        values["loss"] = tf.add_n(
-            [weights.get(name, 1.0) * value for name, value in values.items()]
         )
+        values = dict(zip(LOSS_NAMES, head_losses, strict=True))
         real, _ = real_and_crowd(gt_class_ids, gt_crowd)
         values.update(
             diagnostics.training_diagnostics(
@@ -219,7 +242,7 @@ class MaskRCNN(keras.Model):
         return values
 
     def _normalise(self, pixels: tf.Tensor) -> tf.Tensor:
-        return tf.cast(pixels, tf.float32) / float(self.config.data.image_size)
+        return tf.cast(pixels, tf.float32) / float(self.image_size)
 
     def _pyramid(self, images: tf.Tensor, training: bool) -> list[tf.Tensor]:
         """FPN levels P2..P6, float32 even when mixed precision computes them in float16."""
@@ -227,7 +250,7 @@ class MaskRCNN(keras.Model):
         return [tf.cast(level, tf.float32) for level in pyramid]
 
     def _proposals(self, rpn_probs, rpn_deltas, windows, count: int):
-        model = self.config.model
+        model = self._settings
         return generate_proposals(
             rpn_probs[..., 1],
             rpn_deltas,
@@ -241,8 +264,8 @@ class MaskRCNN(keras.Model):
 
     def _classify(self, pyramid: list, rois: tf.Tensor, training: bool):
         """Box head on ROIs [B, R, 4]: logits [B, R, K], probabilities, deltas [B, R, K, 4]."""
-        model = self.config.model
-        pooled = pyramid_roi_align(pyramid[:4], rois, model.pool_size, self.config.data.image_size)
+        model = self._settings
+        pooled = pyramid_roi_align(pyramid[:4], rois, model.pool_size, self.image_size)
         flat = tf.reshape(pooled, [-1, *pooled.shape[2:]])
         logits, probs, deltas = (
             tf.cast(t, tf.float32) for t in self.box_head(flat, training=training)
@@ -257,9 +280,8 @@ class MaskRCNN(keras.Model):
 
     def _segment(self, pyramid: list, boxes: tf.Tensor, training: bool) -> tf.Tensor:
         """Mask head on boxes [B, D, 4]: per-class mask probabilities [B, D, h, w, K]."""
-        model = self.config.model
         pooled = pyramid_roi_align(
-            pyramid[:4], boxes, model.mask_pool_size, self.config.data.image_size
+            pyramid[:4], boxes, self._settings.mask_pool_size, self.image_size
         )
         masks = self.mask_head(tf.reshape(pooled, [-1, *pooled.shape[2:]]), training=training)
         masks = tf.cast(masks, tf.float32)
@@ -267,11 +289,19 @@ class MaskRCNN(keras.Model):
 
     # ----- predictions on ordinary images -------------------------------------------------
 
-    def detect(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def detect(
+        self,
+        images: list[np.ndarray],
+        *,
+        min_score: float | None = None,
+        mask_threshold: float = MASK_THRESHOLD,
+    ) -> list[dict[str, np.ndarray]]:
         """Detections per image for uint8 RGB arrays of any sizes.
 
         Each result has `rois` [N, 4] (y1, x1, y2, x2 in the image's pixels), `class_ids` [N],
-        `scores` [N] and `masks` [N, H, W] bool, best first.
+        `scores` [N] and `masks` [N, H, W] bool, best first: every detection scoring at least
+        `min_score` (default `default_min_score`), a mask pixel where its probability reaches
+        `mask_threshold`.
         """
         if not images:
             return []
@@ -282,38 +312,25 @@ class MaskRCNN(keras.Model):
                     f"image {index} has shape {shape}; detect takes RGB arrays [H, W, 3] "
                     "(convert grayscale or RGBA images to RGB first)"
                 )
-        size, data = self.config.data.image_size, self.config.data
-        prepared = [resize_and_pad(tf.convert_to_tensor(i), size, data.min_dim) for i in images]
-        padded = tf.stack([p[0] for p in prepared])
-        windows = tf.stack([p[1] for p in prepared])
-        scales = tf.stack([p[2] for p in prepared])
-        out = self.predict_padded(padded, windows)
-        boxes = boxes_to_original(
-            out["boxes"] * float(size), windows[:, None, :], scales[:, None, :]
+        min_score = tf.constant(
+            self.default_min_score if min_score is None else min_score, tf.float32
         )
-        heights = [int(i.shape[0]) for i in images]
-        widths = [int(i.shape[1]) for i in images]
-        masks = self._paste(
-            out["masks"],
-            boxes,
-            tf.constant(max(heights)),
-            tf.constant(max(widths)),
-            self.config.serve.mask_threshold,
-        ).numpy()
-        counts = tf.reduce_sum(tf.cast(out["valid"], tf.int32), axis=1).numpy()
-        results = []
-        for index, (count, height, width) in enumerate(zip(counts, heights, widths, strict=True)):
-            limits = np.array([height, width, height, width], np.float32)
-            rois = np.clip(boxes[index, :count].numpy(), 0, limits)
-            results.append(
-                {
-                    "rois": rois,
-                    "class_ids": out["class_ids"][index, :count].numpy(),
-                    "scores": out["scores"][index, :count].numpy(),
-                    "masks": masks[index, :count, :height, :width],
-                }
-            )
-        return results
+        prepared = [
+            resize_and_pad(tf.convert_to_tensor(i), self.image_size, self.min_dim) for i in images
+        ]
+        windows = tf.stack([p[1] for p in prepared])
+        out = self.predict_padded(tf.stack([p[0] for p in prepared]), windows, min_score)
+        batch = self._to_original(
+            out,
+            windows,
+            tf.stack([p[2] for p in prepared]),
+            tf.constant([i.shape[:2] for i in images], tf.int32),
+            self.image_size,
+            min_score,
+            tf.constant(mask_threshold, tf.float32),
+        )
+        batch = {key: value.numpy() for key, value in batch.items()}
+        return [image_detections(batch, index) for index in range(len(images))]
 
     # ----- layers -------------------------------------------------------------------------
 
@@ -347,7 +364,7 @@ class MaskRCNN(keras.Model):
     def set_trainable(self, selection: str) -> list[str]:
         """Train only the layers a stage name (`heads`, `3+`, `4+`, `5+`, `all`) or a regular
         expression selects; returns the names of the weighted layers left trainable."""
-        pattern = re.compile(TRAINABLE_LAYERS.get(selection, selection))
+        pattern = re.compile(LAYER_SELECTIONS.get(selection, selection))
         trainable = []
         for layer in self.leaf_layers():
             if layer.weights:
@@ -358,10 +375,18 @@ class MaskRCNN(keras.Model):
 
 
 def build_model(config: Config, jit_compile: bool | str = "auto") -> MaskRCNN:
-    """A Mask R-CNN for `config` with random weights and `train.layers` selected for training.
+    """A Mask R-CNN for `config` with random weights and `train.layers` selected for training:
+    the one place that reads the whole configuration tree for the model.
 
     `jit_compile` chooses how the predict step compiles (see `MaskRCNN._compile_predict`).
     """
-    model = MaskRCNN(config, jit_compile=jit_compile)
+    model = MaskRCNN(
+        config.model,
+        config.data.image_size,
+        min_dim=config.data.min_dim,
+        train_bn=config.train.train_bn,
+        bn_momentum=config.train.bn_momentum,
+        jit_compile=jit_compile,
+    )
     model.set_trainable(config.train.layers)
     return model

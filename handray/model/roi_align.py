@@ -56,35 +56,6 @@ def crop_and_resize(
     )
 
 
-def pixel_centre_boxes(
-    boxes: tf.Tensor, frame: tf.Tensor, map_shape: Sequence, crop_size: Sequence[int]
-) -> tf.Tensor:
-    """`crop_and_resize` boxes that sample each of `boxes` at the centres of a crop_size grid.
-
-    `boxes` and `frame` [..., 4] share coordinates; `frame` is the area a map of `map_shape`
-    (height, width) pixels covers edge to edge. crop_and_resize puts its first and last samples
-    on a box's edges; the boxes returned move them half a cell inwards, so a crop is the exact
-    pixel-centre resize of the box's area (as mini-masks and mask targets need).
-    """
-    boxes = tf.cast(boxes, tf.float32)
-    frame = tf.cast(frame, tf.float32) + tf.zeros_like(boxes)
-
-    def axis(start, end, origin, far, size_in, size_out: int):
-        size_in = tf.cast(size_in, tf.float32)
-        extent, span = end - start, tf.maximum(far - origin, 1e-6)
-        first = (start + 0.5 * extent / size_out - origin) / span * size_in - 0.5
-        last = (start + (size_out - 0.5) * extent / size_out - origin) / span * size_in - 0.5
-        return first / (size_in - 1.0), last / (size_in - 1.0)
-
-    y1, y2 = axis(
-        boxes[..., 0], boxes[..., 2], frame[..., 0], frame[..., 2], map_shape[0], crop_size[0]
-    )
-    x1, x2 = axis(
-        boxes[..., 1], boxes[..., 3], frame[..., 1], frame[..., 3], map_shape[1], crop_size[1]
-    )
-    return tf.stack([y1, x1, y2, x2], axis=-1)
-
-
 def pyramid_roi_align(
     feature_maps: Sequence[tf.Tensor],
     boxes: tf.Tensor,

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from handray.geometry import pixel_centre_boxes
 from handray.model.boxes import box_iou, encode_boxes
-from handray.model.roi_align import crop_and_resize, pixel_centre_boxes
+from handray.model.roi_align import crop_and_resize
 from handray.model.sampling import sample_indices, sample_mask
 
 ROI_POSITIVE_IOU = 0.5

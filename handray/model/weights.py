@@ -91,7 +91,7 @@ def load_imagenet_weights(model: keras.Model, path: str | os.PathLike | None = N
     keeps the old model's epsilon 1e-3 and "same" pooling, as matterport did with these files.
     """
     if path is None:
-        path = imagenet_weights_path(model.config.model.backbone)
+        path = imagenet_weights_path(model.backbone_name)
     report = _load(model, Path(path), None, rename=_imagenet_name)
     backbone_missing = [n for n in report.missing if re.match(r"(res|bn)\d|conv1$|bn_conv1$", n)]
     if backbone_missing:

@@ -42,6 +42,7 @@ from handray.serve.codec import (
     too_large,
 )
 from handray.serve.metrics import IngressMetrics, ModelMetrics
+from handray.unpad import image_detections
 
 logger = logging.getLogger("ray.serve")
 PAGE_FILE = Path(__file__).with_name("page.html")  # the page people try the model in
@@ -180,7 +181,7 @@ class HandModel:
             self._failure = f"{type(err).__name__}: {err}"
             raise
         self._last_success, self._failure = time.monotonic(), None
-        return [_unpad(outputs, index, job.min_score) for index, job in enumerate(jobs)]
+        return [_unpad(outputs, index) for index in range(len(jobs))]
 
     def _call(self, images: list[bytes], jobs: list[Job]) -> dict[str, np.ndarray]:
         tf = self._tf
@@ -214,16 +215,16 @@ class HandModel:
         }
 
 
-def _unpad(out: dict[str, np.ndarray], index: int, min_score: float | None) -> dict[str, Any]:
-    """Image `index` of a batch output, cut to its own detections, size and score threshold."""
+def _unpad(out: dict[str, np.ndarray], index: int) -> dict[str, Any]:
+    """Image `index` of a batch output, cut to its own detections, size and score threshold
+    (the batch ran at its requests' lowest threshold)."""
     height, width = (int(v) for v in out["image_sizes"][index])
     keep = out["scores"][index, : out["num_detections"][index]] >= out["min_scores"][index]
     count = int(keep.sum())  # detections are sorted by score, so the kept ones come first
+    detections = image_detections(out, index, count)
     return {
-        "rois": out["boxes"][index, :count],
-        "class_ids": out["class_ids"][index, :count],
-        "scores": out["scores"][index, :count],
-        "masks": out["masks"][index, :count, :height, :width].astype(bool),
+        **detections,
+        "masks": detections["masks"].astype(bool),
         "height": height,
         "width": width,
     }

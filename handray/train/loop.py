@@ -44,7 +44,7 @@ from handray.train.checkpoint import (
     restore_optimizer,
     write_checkpoint,
 )
-from handray.train.step import make_train_step
+from handray.train.step import make_train_step, recipe_losses
 
 Report = Callable[[dict[str, float], Path | None], None]
 
@@ -136,8 +136,8 @@ def start_weights_file(spec: str | None, config: Config) -> Path | None:
     return path / WEIGHTS_FILE if path.is_dir() else path
 
 
-def load_start_weights(model: MaskRCNN, spec: str | None) -> LoadReport | None:
-    path = start_weights_file(spec, model.config)
+def load_start_weights(model: MaskRCNN, spec: str | None, config: Config) -> LoadReport | None:
+    path = start_weights_file(spec, config)
     if path is None:
         return None
     if spec == "imagenet":
@@ -182,7 +182,7 @@ def train_worker(
                 load_weights(model, Path(resume_from) / WEIGHTS_FILE)
                 restore_optimizer(optimizer, resume_from)
                 context.log(f"resumed from {resume_from} after epoch {state.epoch}")
-            elif (report := load_start_weights(model, start_weights)) is not None:
+            elif (report := load_start_weights(model, start_weights, config)) is not None:
                 context.log(f"start weights ({start_weights}): {report}")
         _Epochs(config, model, optimizer, train_set, val_set, context, state).run()
     finally:
@@ -194,17 +194,17 @@ class _Epochs:
     """The epoch loop of `train_worker`, with the pieces it keeps between epochs."""
 
     def __init__(self, config, model, optimizer, train_set, val_set, context, state):
-        self.config, self.model, self.optimizer = config, model, optimizer
+        self.run_config, self.model, self.optimizer = config, model, optimizer
         self.context, self.state, self.val_set = context, state, val_set
         strategy = context.strategy
         self.global_batch = config.train.images_per_worker * strategy.num_replicas_in_sync
         # A resumed run shuffles and augments differently from the epochs it already saw.
-        run_config = with_overrides(config, {"data.seed": config.data.seed + state.epoch})
-        self.train_batches = iter(self._distribute(train_set, run_config, training=True))
-        self.val_batches = iter(self._distribute(val_set, run_config, training=False))
+        reshuffled = with_overrides(config, {"data.seed": config.data.seed + state.epoch})
+        self.train_batches = iter(self._distribute(train_set, reshuffled, training=True))
+        self.val_batches = iter(self._distribute(val_set, reshuffled, training=False))
         self.average_statistics = self._statistics_averager()
         self.validate = self._distributed(
-            lambda batch: model.train_step_losses(batch, training=False)
+            lambda batch: recipe_losses(model, batch, config, training=False)
         )
         self.writer = (
             tf.summary.create_file_writer(str(context.tensorboard_dir))
@@ -213,7 +213,7 @@ class _Epochs:
         )
 
     def run(self) -> None:
-        train, context = self.config.train, self.context
+        train, context = self.run_config.train, self.context
         stage, step = None, None
         for epoch in range(self.state.epoch, train.epochs):
             if (selection := stage_at(train, epoch)) != stage:
@@ -232,7 +232,9 @@ class _Epochs:
     def _replica_step(self):
         jit = bool(tf.config.list_physical_devices("GPU"))  # XLA training is slower on CPUs
         replicas = self.context.strategy.num_replicas_in_sync
-        return make_train_step(self.model, self.optimizer, jit_compile=jit, replicas=replicas)
+        return make_train_step(
+            self.model, self.optimizer, self.run_config, jit_compile=jit, replicas=replicas
+        )
 
     def _distribute(self, dataset: CocoDataset, config: Config, training: bool):
         def make(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -261,7 +263,7 @@ class _Epochs:
         return run
 
     def _train_epoch(self, step) -> dict[str, float]:
-        steps = self.config.train.steps_per_epoch
+        steps = self.run_config.train.steps_per_epoch
         start = time.perf_counter()
         totals = _mean_of(step(self.train_batches) for _ in range(steps))
         seconds = time.perf_counter() - start
@@ -291,20 +293,26 @@ class _Epochs:
         return tf.function(lambda: strategy.run(replica))
 
     def _validation_losses(self) -> dict[str, float]:
-        steps = self.config.train.validation_steps
+        steps = self.run_config.train.validation_steps
         losses = _mean_of(self.validate(self.val_batches) for _ in range(steps))
         return {f"val_{name}": value for name, value in losses.items()}
 
     def _evaluates(self, epoch: int) -> bool:
-        every = self.config.train.eval_every
-        last = epoch + 1 == self.config.train.epochs
+        every = self.run_config.train.eval_every
+        last = epoch + 1 == self.run_config.train.epochs
         return every > 0 and ((epoch + 1) % every == 0 or last)
 
     def _validation_ap(self) -> dict[str, float]:
         from handray.evaluate import evaluate_model
 
-        limit = self.config.train.eval_images
-        metrics = evaluate_model(self.model, self.val_set, limit=limit, progress=False)
+        limit = self.run_config.train.eval_images
+        metrics = evaluate_model(
+            self.model,
+            self.val_set,
+            limit=limit,
+            progress=False,
+            mask_threshold=self.run_config.serve.mask_threshold,
+        )
         values = {
             "val_mask_ap": metrics["segm"]["AP"],
             "val_mask_ap50": metrics["segm"]["AP50"],
@@ -329,7 +337,7 @@ class _Epochs:
         if not context.is_chief:
             context.report(metrics, None)
             return
-        context.log(_progress_line(metrics, self.config.train.epochs))
+        context.log(_progress_line(metrics, self.run_config.train.epochs))
         if self.writer is not None:
             with self.writer.as_default(step=state.epoch):
                 for name, value in metrics.items():
@@ -337,7 +345,7 @@ class _Epochs:
             self.writer.flush()
         staging = Path(tempfile.mkdtemp(prefix="handray-checkpoint-"))
         try:
-            write_checkpoint(staging, self.model, self.config, state, self.optimizer)
+            write_checkpoint(staging, self.model, self.run_config, state, self.optimizer)
             context.report(metrics, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,8 +1,12 @@
-"""One optimisation step of Mask R-CNN: losses under a tape, clipped gradients, update.
+"""One optimisation step of Mask R-CNN: losses under a tape, their weighted total, clipped
+gradients, update.
 
-The same step serves one process and each replica of a distributed run: Keras' optimizer sums
-gradients across replicas inside `apply_gradients`, so each replica contributes its clipped
-gradient divided by the replica count, and the update follows the mean gradient.
+The model gives its five losses; how much each counts, the L2 weight decay and the gradient
+clip are the training recipe's (`train.loss_weights`, `train.weight_decay`,
+`train.gradient_clip_norm`), so they live here. The same step serves one process and each
+replica of a distributed run: Keras' optimizer sums gradients across replicas inside
+`apply_gradients`, so each replica contributes its clipped gradient divided by the replica
+count, and the update follows the mean gradient.
 """
 
 from __future__ import annotations
@@ -12,11 +16,37 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from handray.config import Config
+from handray.model import losses
 from handray.model.maskrcnn import MaskRCNN
 
 
+def recipe_losses(
+    model: MaskRCNN, batch: dict[str, tf.Tensor], config: Config, training: bool = True
+) -> dict[str, tf.Tensor]:
+    """The model's losses and diagnostics of a batch, plus `weight_decay_loss` (unless AdamW,
+    which decays the weights itself) and `loss`, their total weighted by `train.loss_weights`.
+
+    `training=False` gives validation losses: batch norm uses its moving statistics.
+    """
+    train = config.train
+    values = model.train_step_losses(batch, mini_masks=config.data.use_mini_mask, training=training)
+    if train.optimizer != "adamw":
+        values["weight_decay_loss"] = losses.weight_decay_loss(
+            model.trainable_variables, train.weight_decay
+        )
+    weighted = [train.loss_weights[name] * values[name] for name in train.loss_weights]
+    if "weight_decay_loss" in values:
+        weighted.append(values["weight_decay_loss"])
+    values["loss"] = tf.add_n(weighted)
+    return values
+
+
 def loss_gradients(
-    model: MaskRCNN, optimizer: keras.optimizers.Optimizer, batch: dict[str, tf.Tensor]
+    model: MaskRCNN,
+    optimizer: keras.optimizers.Optimizer,
+    batch: dict[str, tf.Tensor],
+    config: Config,
 ) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
     """Losses of a batch and the gradients of their total, clipped by global norm
     (`train.gradient_clip_norm`, as in the old recipe).
@@ -25,19 +55,20 @@ def loss_gradients(
     scaled alike, so clipping acts on the true gradient and the optimizer unscales afterwards.
     """
     with tf.GradientTape() as tape:
-        losses = model.train_step_losses(batch)
-        scaled = optimizer.scale_loss(losses["loss"])
+        values = recipe_losses(model, batch, config)
+        scaled = optimizer.scale_loss(values["loss"])
     gradients = tape.gradient(scaled, model.trainable_variables)
-    clip_norm = model.config.train.gradient_clip_norm
+    clip_norm = config.train.gradient_clip_norm
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         clip_norm = clip_norm * tf.cast(optimizer.dynamic_scale, tf.float32)
     gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
-    return losses, gradients
+    return values, gradients
 
 
 def make_train_step(
     model: MaskRCNN,
     optimizer: keras.optimizers.Optimizer,
+    config: Config,
     jit_compile: bool = False,
     replicas: int = 1,
 ) -> Callable[[dict], dict]:
@@ -48,14 +79,14 @@ def make_train_step(
     cross-replica sums work.
     """
     gradients_of = tf.function(
-        lambda batch: loss_gradients(model, optimizer, batch), jit_compile=jit_compile
+        lambda batch: loss_gradients(model, optimizer, batch, config), jit_compile=jit_compile
     )
 
     def step(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        losses, gradients = gradients_of(batch)
+        values, gradients = gradients_of(batch)
         if replicas > 1:
             gradients = [g / replicas for g in gradients]
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        return losses
+        return values
 
     return tf.function(step)

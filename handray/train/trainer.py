@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handray.config import Config, config_from_dict, dump_config
+from handray.config import LOSS_NAMES, Config, config_from_dict, dump_config
 from handray.data.coco import load_dataset
 from handray.errors import HandrayError
 from handray.train.checkpoint import (
@@ -39,14 +39,7 @@ TRAINING_WORKERS = WorkerResources(workers=2)  # `handray train`'s default: two 
 LOSS_PANELS = (
     (
         "training losses",
-        (
-            "loss",
-            "rpn_class_loss",
-            "rpn_bbox_loss",
-            "mrcnn_class_loss",
-            "mrcnn_bbox_loss",
-            "mrcnn_mask_loss",
-        ),
+        ("loss", *LOSS_NAMES),
     ),
     ("validation loss", ("loss", "val_loss")),
     (

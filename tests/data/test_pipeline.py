@@ -6,8 +6,8 @@ from handray.config import load_config
 from handray.data.coco import load_dataset
 from handray.data.masks import decode_counts
 from handray.data.pipeline import build_dataset, decode_masks, flip_class_map
-from handray.data.resize import boxes_to_original, boxes_to_padded, resize_and_pad, resize_scale
 from handray.errors import DatasetError
+from handray.geometry import boxes_to_original, boxes_to_padded, resize_and_pad, resize_scale
 from tests.conftest import rectangle_mask, write_dataset
 
 NO_PHOTOMETRIC = {

@@ -61,7 +61,7 @@ def test_pyramid_anchors_are_normalised_and_ordered_by_level():
 
 def test_model_anchor_count_equals_rpn_output_count():
     config = load_config("tiny")
-    model = MaskRCNN(config, jit_compile=False)
+    model = MaskRCNN(config.model, config.data.image_size, jit_compile=False)
     size = config.data.image_size
     pyramid = model.features(np.zeros((1, size, size, 3), np.float32))
     total = sum(model.rpn(p)[0].shape[1] for p in pyramid)

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from handray.model.boxes import box_iou
-from handray.model.detection import paste_masks, refine_detections
+from handray.model.detection import refine_detections
 
 STD = tf.constant([0.1, 0.1, 0.2, 0.2])
 
@@ -72,17 +72,3 @@ def test_refine_detections_matches_a_per_class_numpy_reference(per_class):
     np.testing.assert_array_equal(out["class_ids"][0, :count], class_ids[survivors])
     np.testing.assert_allclose(out["boxes"][0, :count], boxes[survivors], atol=1e-5)
     assert not out["boxes"][0, count:].numpy().any()
-
-
-def test_paste_masks_matches_resizing_each_mask_to_its_box():
-    rng = np.random.default_rng(1)
-    masks = rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)
-    boxes = np.array([[[2, 3, 18, 11], [0, 0, 30, 40], [10, 20, 14, 36]]], np.float32)
-    pasted = paste_masks(masks, boxes, tf.constant(30), tf.constant(40)).numpy()
-    assert pasted.shape == (1, 3, 30, 40)
-    for index, (y1, x1, y2, x2) in enumerate(boxes[0].astype(int)):
-        # Integer boxes: the box-sized bilinear resize (pixel centres) is the reference.
-        resized = tf.image.resize(masks[0, index][..., None], (y2 - y1, x2 - x1)).numpy()[..., 0]
-        expected = np.zeros((30, 40), bool)
-        expected[y1:y2, x1:x2] = resized >= 0.5
-        np.testing.assert_array_equal(pasted[0, index], expected)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from handray.config import load_config
+from handray.config import LOSS_NAMES, load_config
 from handray.data.coco import load_dataset
 from handray.data.pipeline import build_dataset
 from handray.model import build_model
@@ -24,9 +24,9 @@ def test_detect_maps_boxes_and_masks_back_to_original_pixels(model, monkeypatch)
     in the padded square comes back on exactly those pixels, with its mask filling it."""
     images = [np.zeros((100, 150, 3), np.uint8), np.zeros((60, 40, 3), np.uint8)]
     truth = np.array([[10.0, 20.0, 40.0, 61.0], [5.0, 3.0, 59.0, 17.0]], np.float32)
-    size = model.config.data.image_size
+    size = model.image_size
 
-    def fake_predict(padded, windows):
+    def fake_predict(padded, windows, min_score):
         scale = tf.cast(windows[:, 2:], tf.float32) / np.array([[100, 150], [60, 40]], np.float32)
         boxes = truth * tf.tile(scale, [1, 2]) / size  # original -> padded, normalised
         return {
@@ -55,19 +55,20 @@ def test_detect_output_types_on_real_inference(model):
     count = len(result["scores"])
     assert result["rois"].shape == (count, 4)
     assert result["masks"].shape == (count, 70, 90) and result["masks"].dtype == bool
-    assert count <= model.config.model.detection_max_instances
+    assert count <= load_config("tiny").model.detection_max_instances
     assert model.detect([]) == []
     with pytest.raises(ValueError, match=r"image 1 has shape \(5, 5\); detect takes RGB"):
         model.detect([np.zeros((5, 5, 3), np.uint8), np.zeros((5, 5), np.uint8)])
 
 
+@pytest.mark.slow  # an XLA compile
 def test_predict_step_compiles_with_xla():
     config = load_config("tiny")
     compiled = build_model(config, jit_compile=True)
     size = config.data.image_size
     images = tf.zeros((2, size, size, 3), tf.uint8)
     windows = tf.constant([[0, 0, size, size], [0, 0, 96, size]], tf.int32)
-    out = compiled.predict_padded(images, windows)
+    out = compiled.predict_padded(images, windows, tf.constant(0.5))
     limit = config.model.detection_max_instances
     assert out["boxes"].shape == (2, limit, 4)
     assert out["masks"].shape == (2, limit, *config.model.mask_shape)
@@ -75,24 +76,25 @@ def test_predict_step_compiles_with_xla():
     # (tests/model/test_training.py): random weights give near-ties that reorder detections.
 
 
-def test_train_step_losses_are_finite_and_sum_to_the_total(model, small_dataset):
-    batch = next(iter(build_dataset(load_dataset(small_dataset), model.config, training=True)))
-    values = {k: float(v) for k, v in model.train_step_losses(batch).items()}
-    names = [
-        "rpn_class_loss",
-        "rpn_bbox_loss",
-        "mrcnn_class_loss",
-        "mrcnn_bbox_loss",
-        "mrcnn_mask_loss",
-    ]
-    assert all(np.isfinite(v) for v in values.values())
-    assert all(values[n] > 0 for n in names)
-    total = sum(values[n] for n in names) + values.get("weight_decay_loss", 0.0)
-    assert values["loss"] == pytest.approx(total, rel=1e-5)
-    # The tiny preset trains with AdamW, whose decay is not a loss term.
-    assert ("weight_decay_loss" in values) == (model.config.train.optimizer != "adamw")
-    for name in DIAGNOSTIC_NAMES:
-        assert np.isfinite(values[name]) and values[name] >= 0, name
+def test_model_gives_its_five_losses_and_the_diagnostics_and_no_recipe_terms(model, small_dataset):
+    """Weighting, weight decay and the total are the training step's (tests/train/test_step.py)."""
+    config = load_config("tiny")
+    batch = next(iter(build_dataset(load_dataset(small_dataset), config, training=True)))
+    values = model.train_step_losses(batch, mini_masks=config.data.use_mini_mask)
+    assert set(values) == {*LOSS_NAMES, *DIAGNOSTIC_NAMES}
+
+
+def test_a_lower_min_score_only_adds_detections_below_the_higher_one(model):
+    """Thresholds are call arguments of one model: the detections at 0.5 are exactly the
+    prefix of those at 0 that score 0.5 or more."""
+    image = np.random.default_rng(3).integers(0, 255, (90, 110, 3), np.uint8)
+    (everything,) = model.detect([image], min_score=0.0)
+    threshold = float(np.median(everything["scores"]))
+    (some,) = model.detect([image], min_score=threshold)
+    kept = everything["scores"] >= threshold
+    assert 0 < kept.sum() < len(kept)
+    for key in ("rois", "class_ids", "scores", "masks"):
+        np.testing.assert_array_equal(some[key], everything[key][kept], key)
 
 
 def test_trainable_selection_by_stage_and_regex():
@@ -122,12 +124,13 @@ def test_layers_are_found_by_name_inside_nested_models(model):
     assert model.get_layer("conv1").kernel.shape == (7, 7, 3, 32)
 
 
+@pytest.mark.slow  # an XLA compile of minutes
 def test_train_step_compiles_with_xla(small_dataset):
     config = load_config("tiny", {"data.image_size": 64, "data.augment": False})
     model = build_model(config, jit_compile=True)
     batch = next(iter(build_dataset(load_dataset(small_dataset), config, training=True)))
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    step = make_train_step(model, optimizer, jit_compile=True)
+    step = make_train_step(model, optimizer, config, jit_compile=True)
     before = [v.numpy() for v in model.trainable_variables]
     losses = step(batch)
     assert np.isfinite(float(losses["loss"]))

@@ -3,6 +3,7 @@ pycocotools' mask AP on the training images)."""
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -15,6 +16,8 @@ from handray.model import build_model
 from handray.train.loop import make_optimizer
 from handray.train.step import make_train_step
 
+pytestmark = pytest.mark.slow  # a training run of minutes
+
 STEPS = 400
 
 
@@ -25,7 +28,7 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
     config = load_config("tiny", {"data.augment": False, "train.warmup_steps": 20})
     dataset = load_dataset(root, "train")
     model = build_model(config, jit_compile=False)
-    step = make_train_step(model, make_optimizer(config.train))
+    step = make_train_step(model, make_optimizer(config.train), config)
     batches = iter(build_dataset(dataset, config, training=True))
     first = float(step(next(batches))["loss"])
     for _ in range(STEPS - 1):

@@ -195,6 +195,7 @@ def matterport_r101_shapes(num_classes: int) -> dict[str, list[tuple[int, ...]]]
     return expected
 
 
+@pytest.mark.slow  # a full-size model
 def test_hand_r101_layer_names_and_shapes_equal_the_old_architecture():
     config = load_config("hand-r101")
     model = build_model(config, jit_compile=False)
@@ -301,6 +302,7 @@ def test_full_model_layout_loads(source, tmp_path):
     assert_same(by_layer(target), by_layer(source), report.loaded)
 
 
+@pytest.mark.slow  # over five seconds
 def test_layers_the_file_lacks_are_missing_and_kept(source, tmp_path):
     groups = [g for g in matterport_groups(source) if not g[0].startswith(("rpn", "mrcnn"))]
     path = write_keras2(tmp_path / "backbone.h5", groups)
@@ -332,17 +334,18 @@ def test_save_weights_writes_the_keras2_layout(source, tmp_path):
         )
 
 
+@pytest.mark.slow  # over five seconds
 def test_save_load_round_trip_gives_identical_weights_and_predictions(tmp_path):
     overrides = {"model.detection_min_confidence": 0.0}
     saved, fresh = tiny_model(seed=8, **overrides), tiny_model(seed=7, **overrides)
     # Pixels near the mean keep the random network's activations small and its scores varied.
     noise = np.random.default_rng(0).normal(0.0, 1.0, (1, 128, 128, 3))
-    images = (np.array(saved.config.model.mean_pixel) + noise).astype(np.float32)
+    images = (np.array(load_config("tiny").model.mean_pixel) + noise).astype(np.float32)
     windows = np.array([[0, 0, 128, 128]], np.int32)
-    expected = saved.predict_padded(images, windows)
+    expected = saved.predict_padded(images, windows, 0.0)
     assert np.asarray(expected["valid"]).all(), "too few detections for a meaningful comparison"
     assert np.unique(np.asarray(expected["scores"])).size > 1
-    before = fresh.predict_padded(images, windows)
+    before = fresh.predict_padded(images, windows, 0.0)
     assert not np.array_equal(np.asarray(before["boxes"]), np.asarray(expected["boxes"]))
 
     folder = tmp_path / "checkpoints"
@@ -350,7 +353,7 @@ def test_save_load_round_trip_gives_identical_weights_and_predictions(tmp_path):
     report = load_weights(fresh, folder / "weights.h5")
     assert report.skipped == [] and report.missing == []
     assert_same(by_layer(fresh), by_layer(saved), by_layer(saved))
-    actual = fresh.predict_padded(images, windows)
+    actual = fresh.predict_padded(images, windows, 0.0)
     for key in expected:
         np.testing.assert_array_equal(np.asarray(actual[key]), np.asarray(expected[key]), key)
 
@@ -390,6 +393,7 @@ def with_our_conventions(layer):
     return layer.__class__.from_config(config)
 
 
+@pytest.mark.slow  # a full-size ResNet-50
 def test_keras_applications_resnet50_weights_give_the_same_c5(tmp_path):
     app = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
     randomise(app.layers, seed=9)

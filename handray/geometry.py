@@ -1,12 +1,18 @@
-"""Fit an image into the model's padded square and map results back to the original pixels.
+"""Image-frame geometry shared by the data pipeline and the model: fitting an image into the
+model's padded square, mapping boxes between the square and the original pixels, and the
+sampling boxes of a pixel-centre resize.
 
 Training, evaluation and inference all use these functions, so a box predicted on the padded
-square lands on exactly the original pixels. The image is scaled keeping its aspect ratio and
-placed at the top-left corner; `window` is the image's extent inside the square and `scale` the
-per-axis factor actually applied (after rounding the resized size to whole pixels).
+square lands on exactly the original pixels, and a mask target is cut exactly as the pipeline
+cuts a mini-mask. This module sits below `handray.data` and `handray.model`, which both import
+it. The image is scaled keeping its aspect ratio and placed at the top-left corner; `window` is
+the image's extent inside the square and `scale` the per-axis factor actually applied (after
+rounding the resized size to whole pixels).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -69,3 +75,32 @@ def boxes_to_padded(boxes: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> tf
     """Inverse of `boxes_to_original`: original pixels to padded-square pixels."""
     offset, factor = _offset_and_factor(window, scale)
     return tf.convert_to_tensor(boxes, tf.float32) * factor + offset
+
+
+def pixel_centre_boxes(
+    boxes: tf.Tensor, frame: tf.Tensor, map_shape: Sequence, crop_size: Sequence[int]
+) -> tf.Tensor:
+    """`crop_and_resize` boxes that sample each of `boxes` at the centres of a crop_size grid.
+
+    `boxes` and `frame` [..., 4] share coordinates; `frame` is the area a map of `map_shape`
+    (height, width) pixels covers edge to edge. crop_and_resize puts its first and last samples
+    on a box's edges; the boxes returned move them half a cell inwards, so a crop is the exact
+    pixel-centre resize of the box's area (as mini-masks and mask targets need).
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    frame = tf.cast(frame, tf.float32) + tf.zeros_like(boxes)
+
+    def axis(start, end, origin, far, size_in, size_out: int):
+        size_in = tf.cast(size_in, tf.float32)
+        extent, span = end - start, tf.maximum(far - origin, 1e-6)
+        first = (start + 0.5 * extent / size_out - origin) / span * size_in - 0.5
+        last = (start + (size_out - 0.5) * extent / size_out - origin) / span * size_in - 0.5
+        return first / (size_in - 1.0), last / (size_in - 1.0)
+
+    y1, y2 = axis(
+        boxes[..., 0], boxes[..., 2], frame[..., 0], frame[..., 2], map_shape[0], crop_size[0]
+    )
+    x1, x2 = axis(
+        boxes[..., 1], boxes[..., 3], frame[..., 1], frame[..., 3], map_shape[1], crop_size[1]
+    )
+    return tf.stack([y1, x1, y2, x2], axis=-1)
