@@ -48,13 +48,18 @@ def test_mask_head_doubles_the_pool_and_gives_one_probability_map_per_class(pres
     assert ((masks > 0.0) & (masks < 1.0)).all()
 
 
-def test_box_head_layers_follow_the_weight_files():
-    head = build_box_head(7, 16, 32, 3, Norm())
-    kernels = {
+def kernel_shapes(head) -> dict[str, tuple[int, ...]]:
+    """Kernel shape of each weighted layer but the norm layers, by name."""
+    return {
         layer.name: tuple(layer.kernel.shape)
         for layer in head.layers
         if layer.weights and "_bn" not in layer.name
     }
+
+
+def test_box_head_layers_follow_the_weight_files():
+    head = build_box_head(7, 16, 32, 3, Norm())
+    kernels = kernel_shapes(head)
     assert kernels == {
         "mrcnn_class_conv1": (7, 7, 16, 32),  # the first "fully connected" layer
         "mrcnn_class_conv2": (1, 1, 32, 32),
@@ -68,11 +73,7 @@ def test_box_head_layers_follow_the_weight_files():
 
 def test_mask_head_layers_follow_the_weight_files():
     head = build_mask_head(14, 16, 8, 3, Norm())
-    kernels = {
-        layer.name: tuple(layer.kernel.shape)
-        for layer in head.layers
-        if layer.weights and "_bn" not in layer.name
-    }
+    kernels = kernel_shapes(head)
     assert kernels == {
         "mrcnn_mask_conv1": (3, 3, 16, 8),
         "mrcnn_mask_conv2": (3, 3, 8, 8),
