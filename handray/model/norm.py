@@ -25,5 +25,18 @@ class Norm:
         if self.kind == "group":
             groups = math.gcd(self.groups, int(x.shape[-1]))
             return layers.GroupNormalization(groups=groups, epsilon=1e-3, name=name)(x)
-        norm = layers.BatchNormalization(momentum=self.momentum, name=name)
-        return norm(x, training=None if self.trainable else False)
+        if self.trainable:
+            return layers.BatchNormalization(momentum=self.momentum, name=name)(x)
+        return FrozenBatchNormalization(momentum=self.momentum, name=name)(x)
+
+
+class FrozenBatchNormalization(layers.BatchNormalization):
+    """Batch norm that always normalises with its moving statistics and never moves them
+    (matterport's `BatchNorm(training=False)`), while gamma and beta still learn.
+
+    Passing `training=False` when the layer is wired in is not enough in Keras 3: calling the
+    model with `training=True` overrides it, and the layer would use batch statistics.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
