@@ -2,7 +2,8 @@
 
 Measures, in one run: the float32 matmul rate of this machine; the model's convolution and
 dense FLOPs per image, counted from the layers' configs and shapes; `detect` latency with and
-without XLA for batches 1 and 4; and a per-stage breakdown of hand-r101, batch 1. Random
+without XLA for batches 1 and 4; and a per-stage breakdown of hand-r101, batch 1, the keypoint
+head its own stage (its share of `detect` for hand-r50: `benchmarks/keypoint_head.py`). Random
 weights, synthetic RHD-like images; nothing is downloaded.
 
 Target: hand-r101 at 512x512, batch 1, within 1.3x of the FLOP floor
@@ -31,6 +32,7 @@ import tensorflow as tf
 from handray.config import Config, load_config
 from handray.data.synthetic import render_sample
 from handray.geometry import resize_and_pad
+from handray.model.keypoints import decode_heatmaps
 from handray.model.maskrcnn import MaskRCNN, build_model
 from handray.model.roi_align import pyramid_roi_align
 from handray.model.rpn import run_rpn
@@ -138,12 +140,17 @@ def stage_flops(model: MaskRCNN, config: Config) -> dict[str, int]:
     levels = [tuple(o.shape[1:]) for o in model.features.outputs]  # P2..P6 (H, W, C)
     box_in = tuple(model.box_head.inputs[0].shape[1:])
     mask_in = tuple(model.mask_head.inputs[0].shape[1:])
-    return {
+    detections = settings.detection_max_instances
+    flops = {
         "backbone+FPN": model_flops(model.features, (1, size, size, 3)),
         "RPN heads": sum(model_flops(model.rpn, (1, *level)) for level in levels),
         "box head": model_flops(model.box_head, (settings.post_nms_rois_inference, *box_in)),
-        "mask head": model_flops(model.mask_head, (settings.detection_max_instances, *mask_in)),
+        "mask head": model_flops(model.mask_head, (detections, *mask_in)),
     }
+    if model.keypoint_head is not None:
+        keypoint_in = tuple(model.keypoint_head.inputs[0].shape[1:])
+        flops["keypoint head"] = model_flops(model.keypoint_head, (detections, *keypoint_in))
+    return flops
 
 
 # ----- inputs --------------------------------------------------------------------------------
@@ -215,6 +222,15 @@ def breakdown(
             None,
         ),
         "mask_head": (f"mask head, {masks_count} ROIs", flops["mask head"]),
+        "keypoint_align": (
+            f"ROI align for keypoints, {masks_count} ROIs, {settings.keypoint_pool_size}x"
+            f"{settings.keypoint_pool_size}",
+            None,
+        ),
+        "keypoint_head": (
+            f"keypoint head + heatmap decoding, {masks_count} ROIs",
+            flops["keypoint head"],
+        ),
     }
     calls = {}
     for xla, model in models.items():
@@ -268,6 +284,17 @@ def _stage_calls(
     )
     box_head = compiled(lambda pooled: model.box_head(pooled[0], training=False))
     mask_head = compiled(lambda pooled: model.mask_head(pooled[0], training=False))
+    keypoint_align = compiled(
+        lambda pyramid, boxes: pyramid_roi_align(
+            pyramid[:4], boxes, settings.keypoint_pool_size, size
+        )
+    )
+
+    def keypoint_fn(pooled, boxes):
+        heatmaps = model.keypoint_head(pooled[0], training=False)
+        return decode_heatmaps(heatmaps, boxes[0])
+
+    keypoint_head = compiled(keypoint_fn)
 
     pyramid = features(padded)
     _, probs, deltas = rpn(pyramid)
@@ -281,6 +308,8 @@ def _stage_calls(
         "box_head": partial(box_head, box_align(pyramid, rois)),
         "mask_align": partial(mask_align, pyramid, boxes),
         "mask_head": partial(mask_head, mask_align(pyramid, boxes)),
+        "keypoint_align": partial(keypoint_align, pyramid, boxes),
+        "keypoint_head": partial(keypoint_head, keypoint_align(pyramid, boxes), boxes),
         "whole": partial(
             model.predict_padded, padded, windows, tf.constant(settings.detection_min_confidence)
         ),

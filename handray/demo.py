@@ -36,6 +36,7 @@ DEMO_TRAINING = {
 SERVE_MIN_SCORE = 0.5  # the export's default threshold (evaluation above uses 0.05)
 TARGET_AP50 = 0.8
 TARGET_AGNOSTIC_AP50 = 0.9
+TARGET_PCK = 0.85  # PCK@0.2 of the hands found
 TARGET_MINUTES = 10
 
 
@@ -92,6 +93,13 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
         f"(target >= {TARGET_AGNOSTIC_AP50}); side right for "
         f"{'-' if side is None else f'{side:.2f}'} of the hands found"
     )
+    if pose := metrics.get("keypoints"):
+        print(
+            f"keypoints: AP {_number(pose['AP'])}, PCK@0.2 {_number(pose['pck@0.2'])} "
+            f"(target >= {TARGET_PCK}), AUC 0-30 px {_number(pose['auc_0_30px'])}, "
+            f"EPE {_number(pose['epe_px'], 2)} px over {pose['visible']} keypoints of "
+            f"{pose['hands']} hands found"
+        )
     print(f"  data:        {data}")
     print(f"  checkpoint:  {run.checkpoint}")
     print(f"  loss curves: {run.curves}")
@@ -107,6 +115,10 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
         "overlays": evaluation / MONTAGE_FILE,
         "export": export,
     }
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _dataset(data: Path) -> Path:

@@ -5,7 +5,10 @@ reported as None, so JSON files hold no sentinel values that could be averaged b
 
 Beside the per-class numbers come two that separate "found the hand" from "named its side": a
 class-agnostic AP (every hand one class, cross-class duplicates merged first) and the handedness
-accuracy of the hands that were found.
+accuracy of the hands that were found. When the model and the dataset both have the hand's 21
+keypoints, COCO keypoint AP (OKS with COCO-WholeBody's hand sigmas) comes too, with the
+hand-pose numbers RHD results are compared by (PCK@0.2, AUC over 0-30 px, end-point error) on
+the hands that were found.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,8 @@ from handray.config import MASK_THRESHOLD
 from handray.data.coco import CocoDataset, ImageRecord
 from handray.data.masks import encode_mask
 from handray.errors import DatasetError, HandrayError
+from handray.hand_keypoints import KEYPOINT_NAMES, OKS_SIGMAS
+from handray.hand_matching import hand_pose, handedness, merge_across_classes
 from handray.images import read_batches
 from handray.visualize import draw_detection, save_montage, save_png
 
@@ -51,12 +56,11 @@ STAT_NAMES = (
     "ARm",
     "ARl",
 )
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 KINDS = ("bbox", "segm")
 METRICS_FILE = "metrics.json"
 MONTAGE_FILE = "overlays.png"
 OVERLAY_MIN_SCORE = 0.5  # detections drawn on overlays (the serving default)
-MERGE_IOU = 0.7  # box IoU at which two detections of different classes are one hand
-MATCH_IOU = 0.5  # box IoU at which a detection finds a ground-truth hand (COCO's AP50)
 AGNOSTIC_CATEGORY = {"id": 1, "name": "hand"}
 
 Stats = dict[str, float | None]
@@ -65,58 +69,40 @@ Stats = dict[str, float | None]
 def coco_results(
     image_id: int, detection: dict[str, np.ndarray], category_ids: Sequence[int]
 ) -> list[dict[str, Any]]:
-    """COCO result entries (box [x, y, w, h] and RLE mask) of one image's `detect` output.
+    """COCO result entries (box [x, y, w, h], RLE mask and, when the detection has K > 0
+    keypoints, their [x, y, 1] * K) of one image's `detect` output.
 
     `category_ids[k - 1]` is the COCO category of class id k.
     """
     results = []
-    for roi, class_id, score, mask in zip(
+    for roi, class_id, score, mask, points in zip(
         detection["rois"],
         detection["class_ids"],
         detection["scores"],
         detection["masks"],
+        _keypoints_of(detection),
         strict=True,
     ):
         y1, x1, y2, x2 = (float(v) for v in roi)
-        results.append(
-            {
-                "image_id": int(image_id),
-                "category_id": int(category_ids[int(class_id) - 1]),
-                "score": float(score),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "segmentation": encode_mask(mask)["segmentation"],
-            }
-        )
+        entry = {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[int(class_id) - 1]),
+            "score": float(score),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "segmentation": encode_mask(mask)["segmentation"],
+        }
+        if len(points):
+            entry["keypoints"] = [v for x, y, _ in points.tolist() for v in (x, y, 1)]
+        results.append(entry)
     return results
 
 
 def coco_evaluate(
     ground_truth: COCO, results: list[dict[str, Any]], kind: str, image_ids: Sequence[int]
 ) -> Stats:
-    """pycocotools' summary statistics (AP, AP50, ...) for `kind` "bbox" or "segm"."""
+    """pycocotools' summary statistics (AP, AP50, ...) for `kind` "bbox", "segm" or
+    "keypoints" (hand keypoints, scored by OKS with `OKS_SIGMAS`)."""
     return _summary(_cocoeval(ground_truth, results, kind, image_ids))
-
-
-def merge_across_classes(
-    results: Sequence[dict[str, Any]], iou: float = MERGE_IOU
-) -> list[dict[str, Any]]:
-    """`results` without cross-class duplicates: per image, by falling score, a detection whose
-    box IoU with a kept detection of another class is >= `iou` is dropped.
-
-    A model that answers every region once per class reports one hand as, say, left 0.9 and
-    right 0.1; class-agnostic numbers must count that hand once, not once plus a false positive.
-    Same-class pairs were already suppressed by the model's own NMS and are left alone.
-    """
-    merged = []
-    for entries in _by_image(results).values():
-        classes = np.array([e["category_id"] for e in entries])
-        overlaps = _box_iou(entries, entries)
-        keep = np.zeros(len(entries), bool)
-        for i in range(len(entries)):
-            clash = keep & (overlaps[i] >= iou) & (classes != classes[i])
-            keep[i] = not clash.any()
-        merged += [e for e, k in zip(entries, keep, strict=True) if k]
-    return merged
 
 
 def agnostic_stats(
@@ -129,36 +115,13 @@ def agnostic_stats(
     return {kind: coco_evaluate(single, entries, kind, image_ids) for kind in KINDS}
 
 
-def handedness(
-    ground_truth: COCO, results: list[dict[str, Any]], image_ids: Sequence[int]
-) -> dict[str, Any]:
-    """How often a found hand is given the right side: ``{"accuracy", "matched", "hands"}``.
-
-    Detections of any class are matched to the non-crowd hands of their image as COCO does
-    (by falling score, each to the unmatched hand it overlaps most, box IoU >= 0.5); accuracy
-    is the share of matched hands whose detection has the hand's class, None when none matched
-    or the categories do not name a left and a right side. Pass `results` through
-    `merge_across_classes` first, so a hand's low-score twin cannot claim a neighbour.
-    """
-    annotations = ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=list(image_ids)))
-    hands = _by_image([a for a in annotations if not a.get("iscrowd", 0)])
-    found = _by_image(results)
-    pairs = [pair for i, h in hands.items() for pair in _match(h, found.get(i, []))]
-    names = [c["name"].lower() for c in ground_truth.dataset["categories"]]
-    sided = any("left" in n for n in names) and any("right" in n for n in names)
-    correct = sum(h["category_id"] == d["category_id"] for h, d in pairs)
-    return {
-        "accuracy": correct / len(pairs) if pairs and sided else None,
-        "matched": len(pairs),
-        "hands": sum(map(len, hands.values())),
-    }
-
-
-def load_ground_truth(path: str | os.PathLike) -> COCO:
+def load_ground_truth(path: str | os.PathLike, num_keypoints: int = 0) -> COCO:
     """A COCO instances file as pycocotools reads it, quietly.
 
     `area` and `iscrowd` are optional in the files handray loads but required by COCOeval, so
-    missing ones are filled in: the mask's pixel area, and not crowd.
+    missing ones are filled in: the mask's pixel area, and not crowd. With `num_keypoints` (the
+    dataset's keypoint count) so are the fields COCOeval's keypoint run reads: `keypoints` (that
+    many, unlabelled) and `num_keypoints` (how many are labelled).
     """
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(path))
@@ -166,6 +129,9 @@ def load_ground_truth(path: str | os.PathLike) -> COCO:
         annotation.setdefault("iscrowd", 0)
         if "area" not in annotation:
             annotation["area"] = float(mask_utils.area(coco.annToRLE(annotation)))
+        if num_keypoints:
+            keypoints = annotation.setdefault("keypoints", [0] * 3 * num_keypoints)
+            annotation.setdefault("num_keypoints", sum(v > 0 for v in keypoints[2::3]))
     return coco
 
 
@@ -190,8 +156,11 @@ def evaluate_model(
     Model classes are matched to dataset categories by name. Returns
     ``{"bbox": stats, "segm": stats, "per_class": {name: {...}}, "agnostic": {"bbox": stats,
     "segm": stats}, "handedness": {"accuracy": x, "matched": m, "hands": n}, "images": n,
-    "images_per_s": x}``; ``metrics["segm"]["AP"]`` is the mask AP. The speed counts decoding
-    (overlapped with inference) and a new model's first-call graph building.
+    "images_per_s": x}``; ``metrics["segm"]["AP"]`` is the mask AP. When the detections and
+    the dataset both have the hand's 21 keypoints, ``metrics["keypoints"]`` holds the COCO
+    keypoint stats (AP, AP50, AP75, APm, APl, AR, ...) and `keypoint_errors`' hand-pose numbers
+    on the matched hands. The speed counts decoding (overlapped with inference) and a new
+    model's first-call graph building.
     """
     class_names = model.class_names
     category_ids = _category_ids(class_names, dataset)
@@ -201,6 +170,7 @@ def evaluate_model(
     if not records:
         raise DatasetError(f"{dataset.annotation_file} lists no images to evaluate")
     results: list[dict[str, Any]] = []
+    detected_keypoints = set()  # K of every detection, 0 where a detection has no keypoints
     pictures = []
     start = time.perf_counter()
     batches = read_batches([r.path for r in records], batch_size)
@@ -212,6 +182,7 @@ def evaluate_model(
             detections = detect_batch(model, images, batch_size, mask_threshold=mask_threshold)
             for record, image, detection in zip(batch, images, detections, strict=True):
                 results += coco_results(record.image_id, detection, category_ids)
+                detected_keypoints.add(_keypoints_of(detection).shape[1])
                 if out is not None and len(pictures) < overlays:
                     shown = {
                         k: v[detection["scores"] >= overlay_min_score] for k, v in detection.items()
@@ -222,7 +193,7 @@ def evaluate_model(
     if pictures:
         write_overlays(pictures, out)
 
-    ground_truth = load_ground_truth(dataset.annotation_file)
+    ground_truth = load_ground_truth(dataset.annotation_file, len(dataset.keypoint_names))
     image_ids = [r.image_id for r in records]
     evaluations = {kind: _cocoeval(ground_truth, results, kind, image_ids) for kind in KINDS}
     metrics: dict[str, Any] = {kind: _summary(e) for kind, e in evaluations.items()}
@@ -230,6 +201,12 @@ def evaluate_model(
     merged = merge_across_classes(results)
     metrics["agnostic"] = agnostic_stats(ground_truth, merged, image_ids)
     metrics["handedness"] = handedness(ground_truth, merged, image_ids)
+    hand = len(KEYPOINT_NAMES)
+    if len(dataset.keypoint_names) == hand and detected_keypoints == {hand}:
+        metrics["keypoints"] = {
+            **coco_evaluate(ground_truth, results, "keypoints", image_ids),
+            **hand_pose(ground_truth, merged, image_ids),
+        }
     metrics["images"] = len(records)
     metrics["images_per_s"] = len(records) / seconds
     return metrics
@@ -268,12 +245,14 @@ def write_overlays(pictures: Sequence, out: str | os.PathLike) -> list[Path]:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """The metrics as a text table: overall box and mask rows, one row per class, then the
-    class-agnostic AP and the handedness accuracy."""
+    """The metrics as a text table: overall box, mask (and keypoint) rows, one row per class,
+    then the class-agnostic AP, the handedness accuracy and the hand-pose numbers."""
     shown = STAT_NAMES[:6]
     lines = [f"{'':<16}" + "".join(f"{name:>8}" for name in shown)]
-    for kind in KINDS:
-        lines.append(f"{kind:<16}" + "".join(_cell(metrics[kind][name]) for name in shown))
+    for kind in (*KINDS, "keypoints"):
+        if metrics.get(kind) is not None:  # keypoint AP has no APs: its cell shows "-"
+            row = "".join(_cell(metrics[kind].get(name)) for name in shown)
+            lines.append(f"{kind:<16}{row}")
     columns = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
     lines.append("")
     lines.append(f"{'class':<16}{'hands':>8}" + "".join(f"{c:>11}" for c in columns))
@@ -298,6 +277,20 @@ def _hand_lines(metrics: dict[str, Any]) -> list[str]:
         f"{_cell(mask['AP50'], 0)} (AP {_cell(box['AP'], 0)} / {_cell(mask['AP'], 0)})",
         f"{'handedness':<16}{_cell(sides['accuracy'], 0)} of {sides['matched']} matched hands "
         f"(of {sides['hands']})",
+        *_pose_lines(metrics),
+    ]
+
+
+def _pose_lines(metrics: dict[str, Any]) -> list[str]:
+    """The hand-pose line, when keypoints were evaluated."""
+    if metrics.get("keypoints") is None:
+        return []
+    pose = metrics["keypoints"]
+    epe = "-" if pose["epe_px"] is None else f"{pose['epe_px']:.2f}"
+    return [
+        f"{'hand pose':<16}PCK@0.2 {_cell(pose['pck@0.2'], 0)}  AUC 0-30px "
+        f"{_cell(pose['auc_0_30px'], 0)}  EPE {epe} px ({pose['visible']} visible keypoints "
+        f"of {pose['hands']} matched hands)"
     ]
 
 
@@ -329,13 +322,15 @@ def _cocoeval(
 ) -> COCOeval:
     """A finished COCOeval run (evaluate, accumulate, summarize) on exactly `image_ids`."""
     # Without a box, pycocotools takes a result's area from its mask as it does for the ground
-    # truth, so mask APs/APm/APl compare like with like.
-    drop = {"bbox"} if kind == "segm" else set()
+    # truth, so mask (and keypoint) APs/APm/APl compare like with like.
+    drop = {"bbox"} if kind in ("segm", "keypoints") else set()
     entries = [{k: v for k, v in r.items() if k not in drop} for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
         detections = ground_truth.loadRes(entries) if entries else _no_results(ground_truth)
         evaluation = COCOeval(ground_truth, detections, kind)
         evaluation.params.imgIds = list(image_ids)
+        if kind == "keypoints":
+            evaluation.params.kpt_oks_sigmas = np.array(OKS_SIGMAS)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
@@ -358,37 +353,9 @@ def _agnostic_ground_truth(ground_truth: COCO) -> COCO:
     return single
 
 
-def _box_iou(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> np.ndarray:
-    """[len(a), len(b)] box IoU of COCO entries (`bbox` [x, y, w, h]), none counted as crowd."""
-    if not a or not b:
-        return np.zeros((len(a), len(b)))
-    boxes = [np.array([e["bbox"] for e in entries], np.float64) for entries in (a, b)]
-    return np.asarray(mask_utils.iou(boxes[0], boxes[1], [0] * len(b)))
-
-
-def _by_image(entries: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """COCO entries grouped by `image_id`, each group by falling score (where scored)."""
-    groups: dict[int, list[dict[str, Any]]] = {}
-    for entry in sorted(entries, key=lambda e: -e.get("score", 0.0)):
-        groups.setdefault(entry["image_id"], []).append(entry)
-    return groups
-
-
-def _match(
-    hands: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]]
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(hand, detection) pairs of one image as COCO matches them: detections by falling score,
-    each to the unmatched hand it overlaps most."""
-    overlaps = _box_iou(found, hands)
-    free = np.ones(len(hands), bool)
-    pairs = []
-    for d, detection in enumerate(found):
-        allowed = free & (overlaps[d] >= MATCH_IOU)
-        if allowed.any():
-            h = int(np.where(allowed, overlaps[d], -1.0).argmax())
-            free[h] = False
-            pairs.append((hands[h], detection))
-    return pairs
+def _keypoints_of(detection: dict[str, np.ndarray]) -> np.ndarray:
+    """A detection's keypoints [N, K, 3]; K = 0 when it has none (a model without the head)."""
+    return detection.get("keypoints", np.zeros((len(detection["rois"]), 0, 3), np.float32))
 
 
 def _no_results(ground_truth: COCO) -> COCO:
@@ -404,7 +371,9 @@ def _no_results(ground_truth: COCO) -> COCO:
 
 
 def _summary(evaluation: COCOeval) -> Stats:
-    return {name: _defined(v) for name, v in zip(STAT_NAMES, evaluation.stats, strict=True)}
+    keypoints = evaluation.params.iouType == "keypoints"
+    names = KEYPOINT_STAT_NAMES if keypoints else STAT_NAMES
+    return {name: _defined(v) for name, v in zip(names, evaluation.stats, strict=True)}
 
 
 def _defined(value: float) -> float | None:

@@ -71,6 +71,16 @@ def boxes_to_original(boxes: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> 
     return (tf.convert_to_tensor(boxes, tf.float32) - offset) / factor
 
 
+def points_to_original(points: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """Map [..., 2] points (x, y) from padded-square pixels back to original pixels, as
+    `boxes_to_original` maps box corners. `window` [..., 4] and `scale` [..., 2] (sy, sx)
+    broadcast against the points' leading dimensions."""
+    offset, factor = _offset_and_factor(window, scale)
+    x_then_y = [1, 0]  # the offsets and factors come as (y, x, y, x)
+    offset, factor = tf.gather(offset, x_then_y, axis=-1), tf.gather(factor, x_then_y, axis=-1)
+    return (tf.convert_to_tensor(points, tf.float32) - offset) / factor
+
+
 def boxes_to_padded(boxes: tf.Tensor, window: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
     """Inverse of `boxes_to_original`: original pixels to padded-square pixels."""
     offset, factor = _offset_and_factor(window, scale)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from handray.config import MASK_THRESHOLD
-from handray.geometry import boxes_to_original
+from handray.geometry import boxes_to_original, points_to_original
 
 
 def to_original_pixels(
@@ -30,10 +30,12 @@ def to_original_pixels(
     """Padded network outputs -> detections in original pixels, zero-padded per batch.
 
     `outputs` has boxes [B, D, 4] normalised to the square, class_ids, scores and valid [B, D]
-    (best first) and masks [B, D, h, w] box-relative probabilities; windows [B, 4] and scales
+    (best first), masks [B, D, h, w] box-relative probabilities and, optionally, keypoints
+    [B, D, K, 3] (x, y normalised to the square, score); windows [B, 4] and scales
     [B, 2] come from `resize_and_pad`, sizes [B, 2] are the original (height, width).
     Returns num_detections [B], boxes [B, N, 4] (y1, x1, y2, x2 in original pixels, clipped),
-    class_ids, scores [B, N], masks [B, N, Hmax, Wmax] bool and image_sizes [B, 2]; N is the
+    class_ids, scores [B, N], masks [B, N, Hmax, Wmax] bool, image_sizes [B, 2] and, with
+    keypoints given, keypoints [B, N, K, 3] (x, y in original pixels, clipped; score); N is the
     batch's largest count, rows and pixels past an image's own are zero.
     """
     windows = tf.convert_to_tensor(windows)
@@ -53,7 +55,7 @@ def to_original_pixels(
     inside_rows = tf.range(height)[None, :] < sizes[:, :1]
     inside_cols = tf.range(width)[None, :] < sizes[:, 1:]
     inside = inside_rows[:, None, :, None] & inside_cols[:, None, None, :]
-    return {
+    result = {
         "num_detections": counts,
         "boxes": boxes,
         "class_ids": tf.where(keep, outputs["class_ids"][:, :top], 0),
@@ -61,6 +63,18 @@ def to_original_pixels(
         "masks": masks & inside & keep[..., None, None],
         "image_sizes": sizes,
     }
+    if "keypoints" in outputs:
+        keypoints = outputs["keypoints"][:, :top]
+        points = points_to_original(
+            keypoints[..., :2] * float(image_size),
+            windows[:, None, None, :],
+            scales[:, None, None, :],
+        )
+        widths_heights = tf.cast(tf.gather(sizes, [1, 0], axis=1), tf.float32)[:, None, None, :]
+        points = tf.clip_by_value(points, 0.0, widths_heights)
+        keypoints = tf.concat([points, keypoints[..., 2:]], axis=-1)
+        result["keypoints"] = keypoints * tf.cast(keep, tf.float32)[..., None, None]
+    return result
 
 
 def _interpolation(start: tf.Tensor, end: tf.Tensor, length: tf.Tensor, cells: int) -> tf.Tensor:

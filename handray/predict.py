@@ -47,7 +47,8 @@ def predict_files(
     mask_threshold: float = MASK_THRESHOLD,
 ) -> list[dict[str, Any]]:
     """Detections per image file, JSON-ready: ``{"image", "width", "height", "predictions"}``
-    with each prediction's roi (y1, x1, y2, x2), bbox (x, y, w, h), class and COCO RLE mask.
+    with each prediction's roi (y1, x1, y2, x2), bbox (x, y, w, h), class, COCO RLE mask and,
+    from a model with a keypoint head, keypoints [[x, y, score], ...] in the image's pixels.
 
     Detections score at least `min_score` (default: the model's own), masks are cut at
     `mask_threshold`. Images are turned upright by their EXIF orientation first; with
@@ -76,8 +77,11 @@ def predict_files(
                     "class_name": class_names[entry["category_id"] - 1],
                     "score": entry["score"],
                     "mask": entry["segmentation"],
+                    **({"keypoints": points.tolist()} if len(points) else {}),
                 }
-                for roi, entry in zip(detection["rois"], entries, strict=True)
+                for roi, entry, points in zip(
+                    detection["rois"], entries, _keypoints(detection), strict=True
+                )
             ]
             height, width = image.shape[:2]
             records.append(
@@ -87,6 +91,11 @@ def predict_files(
                 picture = draw_detection(image, detection, class_names)
                 save_png(picture, Path(overlay_dir) / f"{Path(path).stem}.png")
     return records
+
+
+def _keypoints(detection: dict[str, Any]) -> Any:
+    """Each detection's keypoints [K, 3] (x, y, score); K = 0 when the model has none."""
+    return detection.get("keypoints", [()] * len(detection["rois"]))
 
 
 def format_predictions(records: Sequence[dict[str, Any]]) -> str:

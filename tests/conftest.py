@@ -22,6 +22,17 @@ def rectangle_mask(height: int, width: int, y1: int, x1: int, y2: int, x2: int) 
     return mask
 
 
+def random_keypoints(
+    rng: np.random.Generator, height: int, width: int, count: int = 21
+) -> np.ndarray:
+    """[count, 3] COCO keypoints (x, y, v) inside an image, v of 0, 1 and 2 (x = y = 0 at 0)."""
+    points = np.column_stack(
+        [rng.uniform(0, width, count), rng.uniform(0, height, count), rng.integers(0, 3, count)]
+    ).round(2)
+    points[points[:, 2] == 0, :2] = 0
+    return points
+
+
 def segmentation_of(mask: np.ndarray, flavour: str):
     """The mask as COCO stores it: compressed RLE, uncompressed RLE or a polygon (rectangles)."""
     if flavour == "rle":
@@ -51,7 +62,8 @@ def write_dataset(
     seed: int = 0,
 ) -> Path:
     """Write a dataset folder: each image spec has height, width and a list of instances
-    (mask, category_id, iscrowd=0, flavour="rle"); pixels are random so resizing is visible."""
+    (mask, category_id, iscrowd=0, flavour="rle", and keypoints [K, 3] written only when
+    given); pixels are random so resizing is visible."""
     rng = np.random.default_rng(seed)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(exist_ok=True)
@@ -66,17 +78,20 @@ def write_dataset(
         for instance in spec.get("instances", []):
             mask = instance["mask"]
             rle = mask_utils.encode(np.asfortranarray(mask))
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": instance["category_id"],
-                    "iscrowd": instance.get("iscrowd", 0),
-                    "segmentation": segmentation_of(mask, instance.get("flavour", "rle")),
-                    "area": int(mask.sum()),
-                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                }
-            )
+            annotation = {
+                "id": len(coco["annotations"]) + 1,
+                "image_id": image_id,
+                "category_id": instance["category_id"],
+                "iscrowd": instance.get("iscrowd", 0),
+                "segmentation": segmentation_of(mask, instance.get("flavour", "rle")),
+                "area": int(mask.sum()),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            }
+            if "keypoints" in instance:
+                points = np.asarray(instance["keypoints"], float)
+                annotation["keypoints"] = points.reshape(-1).tolist()
+                annotation["num_keypoints"] = int((points[:, 2] > 0).sum())
+            coco["annotations"].append(annotation)
     path = root / "annotations" / f"instances_{split}.json"
     path.write_text(json.dumps(coco))
     return path

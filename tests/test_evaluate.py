@@ -1,5 +1,6 @@
 """COCO evaluation: the numbers match pycocotools run by hand, per-class rows add up to the
-overall AP, class-agnostic AP and handedness separate finding a hand from naming its side, and
+overall AP, class-agnostic AP and handedness separate finding a hand from naming its side,
+keypoint AP matches pycocotools with the hand sigmas and PCK/AUC/EPE a numpy reference, and
 `handray evaluate` writes a well-formed metrics.json and overlays."""
 
 import contextlib
@@ -21,20 +22,23 @@ from handray import cli
 from handray.data.coco import load_dataset
 from handray.errors import HandrayError
 from handray.evaluate import (
+    KEYPOINT_STAT_NAMES,
     STAT_NAMES,
+    coco_results,
     evaluate_model,
     format_metrics,
-    handedness,
     load_ground_truth,
-    merge_across_classes,
     write_metrics,
 )
+from handray.hand_keypoints import KEYPOINT_NAMES, OKS_SIGMAS, SKELETON
+from handray.hand_matching import handedness, merge_across_classes
 from handray.images import read_image
 from handray.train import checkpoint
-from tests.conftest import rectangle_mask, write_dataset
+from tests.conftest import CATEGORIES, rectangle_mask, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
+K = len(KEYPOINT_NAMES)
 
 
 class FakeModel:
@@ -52,14 +56,19 @@ class FakeModel:
         ]
 
 
-def _detection(instances, height=SIZE, width=SIZE):
-    """A `detect` result from (class_id, score, mask, box) tuples, box = (y1, x1, y2, x2)."""
-    return {
+def _detection(instances, height=SIZE, width=SIZE, keypoints=0):
+    """A `detect` result from (class_id, score, mask, box) tuples, box = (y1, x1, y2, x2); with
+    `keypoints` K > 0, each tuple ends with the hand's keypoints [K, 3] (x, y, score)."""
+    detection = {
         "rois": np.array([i[3] for i in instances], np.float32).reshape(-1, 4),
         "class_ids": np.array([i[0] for i in instances], np.int32),
         "scores": np.array([i[1] for i in instances], np.float32),
         "masks": np.array([i[2] for i in instances], bool).reshape(-1, height, width),
     }
+    if keypoints:
+        points = [i[4] for i in instances]
+        detection["keypoints"] = np.array(points, np.float32).reshape(-1, keypoints, 3)
+    return detection
 
 
 def _box(mask):
@@ -89,7 +98,7 @@ def _random_dataset(
     return root
 
 
-def _answers(dataset, make_detection):
+def _answers(dataset, make_detection, keypoints=0):
     """Per image (keyed by its pixels), make_detection(record, ground-truth instances)."""
     ground_truth = load_ground_truth(dataset.annotation_file)
     answers = {}
@@ -97,7 +106,7 @@ def _answers(dataset, make_detection):
         annotations = ground_truth.loadAnns(ground_truth.getAnnIds(imgIds=[record.image_id]))
         pixels = read_image(record.path).tobytes()
         instances = make_detection(record, annotations, ground_truth)
-        answers[pixels] = _detection(instances, record.height, record.width)
+        answers[pixels] = _detection(instances, record.height, record.width, keypoints)
     return answers
 
 
@@ -153,22 +162,28 @@ def _noisy(seed):
 
 
 def _pycocotools_stats(annotation_file, answers, dataset, kind):
-    """The same detections through COCO.loadRes + COCOeval by hand; for masks without the box,
-    so a result's area is its mask's as for the ground truth."""
+    """The same detections through COCO.loadRes + COCOeval by hand; for masks and keypoints
+    without the box, so a result's area is its mask's as for the ground truth; keypoints as
+    COCO results hold them ([x, y, 1] * K), scored with the hand sigmas."""
     results = []
     for record in dataset.images:
         detection = answers[read_image(record.path).tobytes()]
-        for roi, class_id, score, mask in zip(*detection.values(), strict=True):
+        for roi, class_id, score, mask, *points in zip(*detection.values(), strict=True):
             y1, x1, y2, x2 = (float(v) for v in roi)
             entry = {"image_id": record.image_id, "category_id": int(class_id), "score": score}
             if kind == "bbox":
                 entry["bbox"] = [x1, y1, x2 - x1, y2 - y1]
             else:
                 entry["segmentation"] = mask_utils.encode(np.asfortranarray(mask, np.uint8))
+            if kind == "keypoints":
+                xy = np.asarray(points[0], np.float64)[:, :2]
+                entry["keypoints"] = np.column_stack([xy, np.ones(len(xy))]).ravel().tolist()
             results.append(entry)
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth = COCO(str(annotation_file))
         evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), kind)
+        if kind == "keypoints":
+            evaluation.params.kpt_oks_sigmas = np.array(OKS_SIGMAS)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
@@ -440,6 +455,190 @@ def test_overlays_are_drawn_for_the_first_images(small_dataset, tmp_path):
         "overlay_0002.png",
         "overlays.png",
     ]
+
+
+KEYPOINT_CATEGORIES = [
+    {**c, "keypoints": list(KEYPOINT_NAMES), "skeleton": [list(pair) for pair in SKELETON]}
+    for c in CATEGORIES
+]
+
+
+def _keypoint_dataset(root: Path, images: int = 6, seed: int = 0) -> Path:
+    """`_random_dataset` (with crowd regions) whose hands have 21 keypoints inside their box:
+    about a fifth unlabelled (v=0 at 0, 0), the rest v=1 or 2; the first hand has none
+    labelled, and crowd regions none either."""
+    _random_dataset(root, images, seed, categories=KEYPOINT_CATEGORIES, crowd=True)
+    path = root / "annotations" / "instances_val.json"
+    coco = json.loads(path.read_text())
+    rng = np.random.default_rng(seed)
+    for index, annotation in enumerate(coco["annotations"]):
+        x, y, w, h = annotation["bbox"]
+        flags = rng.choice([0, 1, 2], K, p=[0.2, 0.3, 0.5])
+        if index == 0 or annotation["iscrowd"]:
+            flags[:] = 0
+        points = np.column_stack([x + rng.random(K) * w, y + rng.random(K) * h, flags])
+        points[flags == 0] = 0
+        annotation["keypoints"] = points.round(2).ravel().tolist()
+        annotation["num_keypoints"] = int((flags > 0).sum())
+    path.write_text(json.dumps(coco))
+    return root
+
+
+def _truth_points(annotation):
+    return np.array(annotation["keypoints"], np.float64).reshape(K, 3)
+
+
+def _with_keypoints(make_instance_points):
+    """`_perfect` hands, each with make_instance_points(annotation) as its keypoints."""
+    perfect = _perfect({1: 1, 2: 2})
+
+    def make(record, annotations, ground_truth):
+        hands = [a for a in annotations if not a["iscrowd"]]
+        instances = perfect(record, annotations, ground_truth)
+        return [(*i, make_instance_points(a)) for i, a in zip(instances, hands, strict=True)]
+
+    return make
+
+
+def _at(xy):
+    """Predicted keypoints [K, 3] at xy [K, 2], every score 0.9."""
+    return np.column_stack([xy, np.full(K, 0.9)])
+
+
+def _unlabelled_far_away(annotation, xy):
+    """xy, with the unlabelled keypoints moved 500 px off: they must not count. A hand with
+    none labelled gets all at its box centre, where COCO looks for them then."""
+    truth = _truth_points(annotation)
+    if not truth[:, 2].any():
+        x, y, w, h = annotation["bbox"]
+        return np.tile([x + w / 2, y + h / 2], (K, 1))
+    return np.where(truth[:, 2:] > 0, xy, xy + 500)
+
+
+def _noisy_keypoints(seed):
+    """`_noisy`'s shifted, missed and invented hands, with keypoints scattered around the truth
+    (a spread of 0-3 px, drawn per hand; the invented hands' anywhere in their box)."""
+    rng = np.random.default_rng(seed)
+
+    def make(record, annotations, ground_truth):
+        instances = []
+        for a in annotations:
+            if a["iscrowd"] or rng.random() < 0.2:
+                continue
+            mask = np.roll(ground_truth.annToMask(a), rng.integers(-2, 3, 2), axis=(0, 1))
+            xy = _truth_points(a)[:, :2] + rng.normal(0, rng.uniform(0, 3), (K, 2))
+            instances.append((a["category_id"], float(rng.random()), mask, _box(mask), _at(xy)))
+        for _ in range(rng.integers(0, 3)):
+            mask = rectangle_mask(SIZE, SIZE, *rng.integers(0, 30, 2), *rng.integers(34, 64, 2))
+            y1, x1, y2, x2 = _box(mask)
+            xy = rng.uniform((x1, y1), (x2, y2), (K, 2))
+            instances.append(
+                (int(rng.integers(1, 3)), float(rng.random()), mask, _box(mask), _at(xy))
+            )
+        return instances
+
+    return make
+
+
+def test_keypoint_ap_agrees_with_pycocotools_run_directly_with_the_hand_sigmas(tmp_path):
+    dataset = load_dataset(_keypoint_dataset(tmp_path, images=8, seed=2), "val")
+    answers = _answers(dataset, _noisy_keypoints(seed=5), keypoints=K)
+    model = FakeModel(dataset.class_names, answers)
+    metrics = evaluate_model(model, dataset, batch_size=4, progress=False)
+    expected = _pycocotools_stats(dataset.annotation_file, answers, dataset, "keypoints")
+    for name, value in zip(KEYPOINT_STAT_NAMES, expected, strict=True):
+        assert metrics["keypoints"][name] == (pytest.approx(value) if value > -1 else None), name
+    assert 0.0 < metrics["keypoints"]["AP"] < 1.0
+    for kind in ("bbox", "segm"):  # box and mask numbers are untouched by the keypoints
+        box_or_mask = _pycocotools_stats(dataset.annotation_file, answers, dataset, kind)
+        assert metrics[kind]["AP"] == pytest.approx(box_or_mask[0])
+
+
+def test_perfect_keypoints_score_one_and_unlabelled_ones_are_ignored(tmp_path):
+    dataset = load_dataset(_keypoint_dataset(tmp_path), "val")
+    make = _with_keypoints(lambda a: _at(_unlabelled_far_away(a, _truth_points(a)[:, :2])))
+    answers = _answers(dataset, make, keypoints=K)
+    metrics = evaluate_model(FakeModel(dataset.class_names, answers), dataset, progress=False)
+    annotations = load_ground_truth(dataset.annotation_file).dataset["annotations"]
+    hands = [a for a in annotations if not a["iscrowd"]]
+    visible = sum(int((_truth_points(a)[:, 2] > 0).sum()) for a in hands)
+    pose = metrics["keypoints"]
+    assert pose["AP"] == pytest.approx(1.0) and pose["AP50"] == pytest.approx(1.0)
+    assert pose["AR"] == pytest.approx(1.0)
+    assert pose["APm"] is None  # every hand here is small: no medium or large ones
+    assert (pose["pck@0.2"], pose["auc_0_30px"]) == (1.0, 1.0)
+    assert pose["epe_px"] == pytest.approx(0.0, abs=1e-5)  # float32 detections, float64 truth
+    assert (pose["hands"], pose["visible"]) == (len(hands), visible)
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+
+    assert json.loads(write_metrics(metrics, tmp_path / "out").read_text())["keypoints"] == pose
+    table = format_metrics(metrics)
+    assert "keypoints          1.000   1.000   1.000       -       -       -" in table
+    assert (
+        f"hand pose       PCK@0.2 1.000  AUC 0-30px 1.000  EPE 0.00 px ({visible} visible "
+        f"keypoints of {len(hands)} matched hands)"
+    ) in table
+
+
+def test_pck_auc_and_epe_of_a_known_offset_match_a_numpy_reference(tmp_path):
+    dataset = load_dataset(_keypoint_dataset(tmp_path, seed=4), "val")
+    rng = np.random.default_rng(7)
+    distances, sides = [], []
+
+    def offset(annotation):
+        truth = _truth_points(annotation)
+        shift = rng.uniform(-6, 6, (K, 2))
+        distances.append(np.hypot(*shift.T)[truth[:, 2] > 0])
+        sides.append(np.full(distances[-1].size, max(annotation["bbox"][2:])))
+        return _at(_unlabelled_far_away(annotation, truth[:, :2] + shift))
+
+    answers = _answers(dataset, _with_keypoints(offset), keypoints=K)
+    pose = evaluate_model(FakeModel(dataset.class_names, answers), dataset, progress=False)[
+        "keypoints"
+    ]
+    distance, side = np.concatenate(distances), np.concatenate(sides)
+    pck = np.mean(distance <= 0.2 * side)
+    auc = np.mean([np.mean(distance <= t) for t in np.linspace(1.5, 30, 20)])
+    assert 0 < pck < 1 and 0 < auc < 1
+    assert pose["pck@0.2"] == pytest.approx(pck)
+    assert pose["auc_0_30px"] == pytest.approx(auc)
+    assert pose["epe_px"] == pytest.approx(distance.mean())
+    assert (pose["hands"], pose["visible"]) == (len(distances), distance.size)
+
+
+def test_keypoints_are_left_out_unless_the_dataset_and_the_model_both_have_them(tmp_path):
+    plain = load_dataset(_random_dataset(tmp_path / "plain"), "val")
+    hands = load_dataset(_keypoint_dataset(tmp_path / "hands"), "val")
+    anywhere = _with_keypoints(lambda a: _at(np.full((K, 2), 5.0)))
+    for dataset, keypoints in ((plain, K), (hands, 0)):
+        make = anywhere if keypoints else _perfect({1: 1, 2: 2})
+        answers = _answers(dataset, make, keypoints=keypoints)
+        metrics = evaluate_model(FakeModel(dataset.class_names, answers), dataset, progress=False)
+        assert "keypoints" not in metrics
+        assert metrics["segm"]["AP"] == pytest.approx(1.0)
+        assert "hand pose" not in format_metrics(metrics)
+
+
+def test_a_keypoint_model_that_finds_nothing_scores_zero_ap_and_no_pose(tmp_path):
+    dataset = load_dataset(_keypoint_dataset(tmp_path), "val")
+    answers = _answers(dataset, lambda r, a, g: [], keypoints=K)
+    metrics = evaluate_model(FakeModel(dataset.class_names, answers), dataset, progress=False)
+    pose = metrics["keypoints"]
+    assert pose["AP"] == 0.0
+    assert pose["pck@0.2"] is pose["auc_0_30px"] is pose["epe_px"] is None
+    assert (pose["hands"], pose["visible"]) == (0, 0)
+    assert "hand pose       PCK@0.2 -  AUC 0-30px -  EPE - px (0 visible" in format_metrics(metrics)
+
+
+def test_coco_results_carry_keypoints_only_when_the_detection_has_them():
+    instance = (1, 0.8, rectangle_mask(SIZE, SIZE, 2, 3, 10, 12), (2, 3, 10, 12))
+    points = _at(np.arange(2 * K, dtype=np.float64).reshape(K, 2))
+    (entry,) = coco_results(7, _detection([(*instance, points)], keypoints=K), [1])
+    assert entry["keypoints"] == [v for x, y in points[:, :2].tolist() for v in (x, y, 1)]
+    assert entry["bbox"] == [3.0, 2.0, 9.0, 8.0]
+    no_head = {**_detection([instance]), "keypoints": np.zeros((1, 0, 3), np.float32)}
+    for detection in (_detection([instance]), no_head):
+        assert "keypoints" not in coco_results(7, detection, [1])[0]
 
 
 @pytest.fixture

@@ -95,6 +95,9 @@ def test_export_runs_without_handray_and_matches_predict(loaded_in_fresh_process
             reference = mask_utils.decode(prediction["mask"]).astype(bool)
             exported = out["default_masks"][index, slot, :height, :width].astype(bool)
             assert (exported == reference).mean() >= 0.995
+            np.testing.assert_allclose(
+                out["default_keypoints"][index, slot], prediction["keypoints"], atol=0.02
+            )
         # Padding past the image and past the detections is zero.
         assert not out["default_masks"][index, :, height:, :].any()
         assert not out["default_masks"][index, :, :, width:].any()

@@ -145,11 +145,17 @@ def test_predict_json_and_overlays(tiny_checkpoint, tmp_path, monkeypatch, capsy
     assert predictions, "an untrained model at min score 0 still reports boxes"
     for record in records:
         for p in record["predictions"]:
-            assert set(p) == {"roi", "bbox", "class_id", "class_name", "score", "mask"}
+            assert set(p) == {"roi", "bbox", "class_id", "class_name", "score", "mask", "keypoints"}
             assert p["class_name"] == ("left_hand", "right_hand")[p["class_id"] - 1]
             y1, x1, y2, x2 = p["roi"]
             assert p["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
             assert mask_utils.decode(p["mask"]).shape == (record["height"], record["width"])
+            points = np.array(p["keypoints"])  # 21 x (x, y, score) in the image's pixels
+            assert points.shape == (21, 3)
+            # Each keypoint lies in its detection's box, with a score in [0, 1].
+            assert (points[:, :2] >= np.array([x1, y1]) - 1e-3).all()
+            assert (points[:, :2] <= np.array([x2, y2]) + 1e-3).all()
+            assert ((points[:, 2] >= 0) & (points[:, 2] <= 1)).all()
     assert sorted(p.name for p in out.iterdir()) == ["gray16.png", "rgba.png"]
 
 

@@ -16,6 +16,7 @@ LOSS_NAMES = (
     "mrcnn_class_loss",
     "mrcnn_bbox_loss",
     "mrcnn_mask_loss",
+    "mrcnn_keypoint_loss",
 )
 # A pasted mask pixel belongs to the hand at this probability, unless a caller says otherwise
 # (`serve.mask_threshold`, `detect(mask_threshold=...)`).

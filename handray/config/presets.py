@@ -50,6 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "fc_layers_size": 256,
             "rpn_channels": 64,
             "mask_head_channels": 64,
+            "keypoint_head_convs": 4,
+            "keypoint_head_channels": 64,
             "detection_min_confidence": 0.5,
         },
         # From scratch on CPUs (benchmarks/README.md, "What makes the tiny model learn").
@@ -84,6 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rpn_anchor_scales": [32, 64, 128, 256, 512],
             "detection_max_instances": 100,
             "detection_per_class": False,
+            "num_keypoints": 0,  # the old model had no keypoint head
         },
         "train": OLD_RECIPE,
     },

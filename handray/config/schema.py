@@ -106,6 +106,15 @@ class ModelConfig(Section):
     mask_shape: FromList[tuple[int, int]] = (28, 28)
     fc_layers_size: int = 1024
     mask_head_channels: int = 256
+    # Hand keypoints (the Mask R-CNN paper's keypoint branch): a conv stack on ROI-aligned
+    # features, upsampled 4x to one heatmap per keypoint, trained on the mask head's positives.
+    # 0 removes the head and its cost (the `matterport` preset). The paper's eight 3x3 convs at
+    # a quarter of its 512 channels: a detection's share of the cost stays small
+    # (benchmarks/inference.py).
+    num_keypoints: int = 21
+    keypoint_pool_size: int = 14  # heatmaps are 4x this (56x56)
+    keypoint_head_convs: int = 8
+    keypoint_head_channels: int = 128
     # Normalisation layers: "batch" (the old model's, needed for its weights) or "group"
     # (GroupNorm: independent of the batch, for from-scratch training with small batches).
     norm: Literal["batch", "group"] = "batch"
@@ -200,10 +209,14 @@ class ModelConfig(Section):
             "fc_layers_size",
             "rpn_channels",
             "mask_head_channels",
+            "keypoint_pool_size",
+            "keypoint_head_convs",
+            "keypoint_head_channels",
             "detection_max_instances",
             "norm_groups",
         ):
             _check(getattr(self, name) >= 1, f"model.{name}", "must be at least 1")
+        _check(self.num_keypoints >= 0, "model.num_keypoints", "must be >= 0 (0: no keypoint head)")
         return self
 
 

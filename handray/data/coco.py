@@ -2,8 +2,9 @@
 
 Category ids are mapped to class ids 1..K in category-id order (0 is background). Every
 segmentation flavour (polygons, compressed and uncompressed RLE) is reduced to run lengths once,
-here, so the tf.data pipeline can expand masks with plain TF ops. Problems are reported with the
-file, image or annotation they concern, before any training starts.
+here, so the tf.data pipeline can expand masks with plain TF ops. Keypoints (COCO's flat
+[x, y, v] lists) take their names and skeleton from the categories, which must agree on them.
+Problems are reported with the file, image or annotation they concern, before any training starts.
 """
 
 from __future__ import annotations
@@ -31,15 +32,18 @@ class ImageRecord:
     class_ids: np.ndarray  # int32 [n], 1..K
     crowd: np.ndarray  # bool [n]
     counts: tuple[np.ndarray, ...]  # per instance: run lengths, column-major, starting with 0s
+    keypoints: np.ndarray  # float32 [n, K, 3]: x, y (original pixels), v (0 unlabelled, 1, 2)
 
 
 @dataclass(frozen=True)
 class CocoDataset:
-    """A checked COCO split: class names for ids 1..K and the image records."""
+    """A checked COCO split: class names for ids 1..K, the keypoint layout and the image records."""
 
     annotation_file: Path
     class_names: tuple[str, ...]
     category_ids: tuple[int, ...]  # COCO category id of class id i+1
+    keypoint_names: tuple[str, ...]  # empty when no category declares keypoints
+    skeleton: tuple[tuple[int, int], ...]  # 1-based keypoint index pairs
     images: tuple[ImageRecord, ...]
 
     @property
@@ -78,6 +82,7 @@ def load_coco_file(
     path, image_root = Path(path), Path(image_root)
     coco = _read_json(path)
     categories = _categories(coco["categories"], path)
+    keypoint_names, skeleton = _keypoint_layout(coco["categories"], path)
     class_of = {cat_id: index + 1 for index, cat_id in enumerate(sorted(categories))}
     images = _images(coco["images"], path)
     per_image: dict[int, list[dict]] = {image_id: [] for image_id in images}
@@ -94,7 +99,7 @@ def load_coco_file(
             raise DatasetError(f"{path}: annotation {ann_id} has unknown category {cat_id!r}")
         per_image[image_id].append(ann)
     records = tuple(
-        _record(images[image_id], anns, class_of, image_root, path)
+        _record(images[image_id], anns, class_of, len(keypoint_names), image_root, path)
         for image_id, anns in per_image.items()
     )
     if check_files:
@@ -104,6 +109,8 @@ def load_coco_file(
         annotation_file=path,
         class_names=tuple(categories[c] for c in ordered),
         category_ids=tuple(ordered),
+        keypoint_names=keypoint_names,
+        skeleton=skeleton,
         images=records,
     )
 
@@ -147,6 +154,49 @@ def _categories(entries: Iterable[Any], path: Path) -> dict[int, str]:
     return categories
 
 
+def _keypoint_layout(
+    entries: Iterable[dict[str, Any]], path: Path
+) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
+    """Keypoint names and skeleton shared by every category that declares keypoints."""
+    layouts: dict[int, tuple[tuple[str, ...], tuple[tuple[int, int], ...]]] = {}
+    for entry in entries:
+        if "keypoints" not in entry:
+            continue
+        if not isinstance(entry["keypoints"], list):
+            raise DatasetError(f"{path}: category {entry['id']} keypoints must be a list of names")
+        names = tuple(str(name) for name in entry["keypoints"])
+        layouts[entry["id"]] = (names, _skeleton(entry, len(names), path))
+    if not layouts:
+        return (), ()
+    (first_id, first), *others = layouts.items()
+    for cat_id, layout in others:
+        for what, expected, found in zip(
+            ("keypoint names", "skeletons"), first, layout, strict=True
+        ):
+            if found != expected:
+                raise DatasetError(
+                    f"{path}: categories {first_id} and {cat_id} declare different {what} "
+                    f"({list(expected)} and {list(found)}); handray needs one keypoint layout "
+                    "for all categories"
+                )
+    return first
+
+
+def _skeleton(entry: dict[str, Any], count: int, path: Path) -> tuple[tuple[int, int], ...]:
+    """The category's 1-based keypoint pairs, checked so drawing a skeleton cannot fail later."""
+    pairs = entry.get("skeleton", [])
+    try:
+        skeleton = tuple((int(a), int(b)) for a, b in pairs)
+    except (ValueError, TypeError):
+        skeleton = None
+    if skeleton is None or any(not 1 <= index <= count for pair in skeleton for index in pair):
+        raise DatasetError(
+            f"{path}: category {entry['id']} skeleton {pairs!r} is not a list of pairs of "
+            f"keypoint numbers 1..{count}"
+        )
+    return skeleton
+
+
 def _images(entries: Iterable[Any], path: Path) -> dict[int, dict[str, Any]]:
     images: dict[int, dict[str, Any]] = {}
     for entry in entries:
@@ -167,6 +217,7 @@ def _record(
     image: dict[str, Any],
     annotations: list[dict[str, Any]],
     class_of: dict[int, int],
+    num_keypoints: int,
     image_root: Path,
     path: Path,
 ) -> ImageRecord:
@@ -192,7 +243,29 @@ def _record(
         class_ids=np.array([class_of[a["category_id"]] for a in annotations], np.int32),
         crowd=np.array([bool(a.get("iscrowd", 0)) for a in annotations], bool),
         counts=tuple(counts),
+        keypoints=np.array(
+            [_keypoints(ann, num_keypoints, path) for ann in annotations], np.float32
+        ).reshape(len(annotations), num_keypoints, 3),
     )
+
+
+def _keypoints(annotation: dict[str, Any], num_keypoints: int, path: Path) -> np.ndarray:
+    """One annotation's [K, 3] keypoints; none given means all unlabelled (v=0)."""
+    values = annotation.get("keypoints", [0] * 3 * num_keypoints)
+    where = f"{path}: annotation {annotation['id']}"
+    if not isinstance(values, list) or len(values) != 3 * num_keypoints:
+        found = f"{len(values)} values" if isinstance(values, list) else repr(values)
+        raise DatasetError(
+            f"{where} has keypoints {found} but the categories declare {num_keypoints} "
+            f"keypoints: {3 * num_keypoints} values (x, y, v each)"
+        )
+    try:
+        keypoints = np.array(values, np.float32).reshape(num_keypoints, 3)
+    except (ValueError, TypeError):
+        raise DatasetError(f"{where} has keypoint values that are not numbers") from None
+    if not np.isin(keypoints[:, 2], (0, 1, 2)).all():
+        raise DatasetError(f"{where} has keypoint visibility flags outside 0, 1, 2")
+    return keypoints
 
 
 def _check_files(records: Iterable[ImageRecord], path: Path, image_root: Path) -> None:

@@ -1,4 +1,5 @@
-"""What a hand is in COCO terms: class schemes, the 21 RHD-order keypoints and their skeleton."""
+"""What a hand is in COCO terms: class schemes, and categories and annotations that carry the
+21 RHD-order keypoints (their names and skeleton live in `handray.hand_keypoints`)."""
 
 from __future__ import annotations
 
@@ -7,29 +8,7 @@ from typing import Any
 import numpy as np
 
 from handray.data.masks import encode_mask
-
-# RHD order: wrist, then each finger from its tip towards the palm.
-FINGERS = ("thumb", "index", "middle", "ring", "little")
-_JOINTS = {"thumb": ("tip", "ip", "mcp", "cmc")}
-KEYPOINT_NAMES: tuple[str, ...] = (
-    "wrist",
-    *(
-        f"{finger}_{joint}"
-        for finger in FINGERS
-        for joint in _JOINTS.get(finger, ("tip", "dip", "pip", "mcp"))
-    ),
-)
-# 1-based keypoint index pairs, as COCO stores skeletons: wrist to each finger base, then along it.
-SKELETON: tuple[tuple[int, int], ...] = tuple(
-    pair
-    for f in range(len(FINGERS))
-    for pair in (
-        (1, 5 + 4 * f),
-        (5 + 4 * f, 4 + 4 * f),
-        (4 + 4 * f, 3 + 4 * f),
-        (3 + 4 * f, 2 + 4 * f),
-    )
-)
+from handray.hand_keypoints import KEYPOINT_NAMES, SKELETON
 
 CLASS_SCHEMES: dict[str, tuple[str, ...]] = {
     "left-right": ("left_hand", "right_hand"),

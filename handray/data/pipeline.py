@@ -15,6 +15,9 @@ Every example holds:
   gt_class_ids    int32   [M]         1..K; 0 marks padding
   gt_crowd        bool    [M]         crowd regions: ignored, never background
   gt_masks        uint8   [M, m, m]   mini-masks cropped to each box (or [M, S, S] full masks)
+  gt_keypoints    float32 [M, K, 3]   x, y in the frame of gt_boxes' corners, v 0/1/2; (0, 0, 0)
+                                      when unlabelled or cut off; K = model.num_keypoints (all
+                                      zeros when the dataset has no keypoints)
   num_gt          int32   []          filled slots among the M (non-crowd instances first)
 """
 
@@ -72,7 +75,7 @@ def build_dataset(
         )
     batch_size = batch_size or config.train.images_per_worker
     repeat = training if repeat is None else repeat
-    data = tf.data.Dataset.from_tensor_slices(_slices(dataset))
+    data = tf.data.Dataset.from_tensor_slices(_slices(dataset, config.model.num_keypoints))
     data = data.shard(num_shards, shard_index)
     if training:
         data = data.shuffle(config.data.shuffle_buffer, seed=config.data.seed)
@@ -128,7 +131,11 @@ def mini_masks(masks: tf.Tensor, boxes: tf.Tensor, shape: tuple[int, int]) -> tf
 
 
 def check_classes(dataset: CocoDataset, config: Config) -> None:
-    """The dataset's categories must fit the model's class count (names only warn)."""
+    """The dataset's categories must fit the model's class and keypoint counts (names only warn).
+
+    A dataset without keypoints fits any model (its keypoint targets are zeros), and a model
+    without a keypoint head (`model.num_keypoints` 0) fits any dataset.
+    """
     if dataset.num_classes != config.model.num_classes:
         names = "[" + ", ".join(dataset.class_names) + "]"
         raise DatasetError(
@@ -142,10 +149,21 @@ def check_classes(dataset: CocoDataset, config: Config) -> None:
             list(dataset.class_names),
             list(config.model.class_names),
         )
+    have, want = len(dataset.keypoint_names), config.model.num_keypoints
+    if have and want and have != want:
+        raise DatasetError(
+            f"{dataset.annotation_file} has {have} keypoints per instance but "
+            f"model.num_keypoints={want}; use --set model.num_keypoints={have} "
+            "(or 0 to train without keypoints)"
+        )
 
 
-def _slices(dataset: CocoDataset) -> dict[str, tf.Tensor]:
-    """Whole-dataset tensors with one row per image (ragged where images differ)."""
+def _slices(dataset: CocoDataset, num_keypoints: int) -> dict[str, tf.Tensor]:
+    """Whole-dataset tensors with one row per image (ragged where images differ).
+
+    Keypoints are the records' when their count is `num_keypoints`, else (a dataset without
+    keypoints, or a model without the head) unlabelled zeros of that count.
+    """
     images = dataset.images
     per_image = [len(r.class_ids) for r in images]
     runs = [c for r in images for c in r.counts]
@@ -167,6 +185,15 @@ def _slices(dataset: CocoDataset) -> dict[str, tf.Tensor]:
         "class_ids": ragged([r.class_ids for r in images], tf.int32),
         "crowd": ragged([r.crowd for r in images], tf.bool),
         "counts": counts,
+        "keypoints": ragged(
+            [
+                r.keypoints
+                if r.keypoints.shape[1] == num_keypoints
+                else np.zeros((len(r.class_ids), num_keypoints, 3), np.float32)
+                for r in images
+            ],
+            tf.float32,
+        ),
     }
 
 
@@ -194,6 +221,7 @@ def _example_loader(config: Config, flip_map: np.ndarray, training: bool, shard_
         masks = decode_masks(row["counts"], height, width)
         class_ids, crowd = row["class_ids"], row["crowd"]
 
+        flip = tf.constant(False)
         if augment:
             flip = tf.random.stateless_uniform([], seeds[0]) < data.flip_prob
             image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
@@ -207,12 +235,15 @@ def _example_loader(config: Config, flip_map: np.ndarray, training: bool, shard_
         new_size = resized_shape(height, width, scale)
         image = tf.image.resize(tf.cast(image, tf.float32), new_size)
         masks = tf.image.resize(tf.cast(masks, tf.float32)[..., None], new_size)[..., 0] >= 0.5
-        image, masks, window = _crop_to_square(image, masks, new_size, size, seeds[2])
+        image, masks, window, offset = _crop_to_square(image, masks, new_size, size, seeds[2])
+        keypoints = _keypoints_in_square(
+            row["keypoints"], flip, tf.stack([height, width]), new_size, offset, window[2:]
+        )
         if augment:
             image = _photometric(image, data.brightness_delta, data.contrast_range, seeds[3:5])
         image = tf.image.pad_to_bounding_box(image, 0, 0, size, size)
         masks = tf.pad(masks, [[0, 0], [0, size - window[2]], [0, size - window[3]]])
-        example = _ground_truth(masks, class_ids, crowd, config)
+        example = _ground_truth(masks, class_ids, crowd, keypoints, config)
         example.update(
             image=tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
             window=window,
@@ -227,8 +258,11 @@ def _example_loader(config: Config, flip_map: np.ndarray, training: bool, shard_
 
 def _crop_to_square(
     image: tf.Tensor, masks: tf.Tensor, new_size: tf.Tensor, size: int, seed: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Cut a random size x size window from an image that scale jitter made larger than that."""
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Cut a random size x size window from an image that scale jitter made larger than that.
+
+    Returns the image, the masks, the window in the square and the cut's [y, x] offset.
+    """
     crop = tf.minimum(new_size, size)
     slack = new_size - crop
     offset = tf.cast(
@@ -237,31 +271,67 @@ def _crop_to_square(
     offset = tf.minimum(offset, slack)
     image = tf.slice(image, tf.concat([offset, [0]], 0), tf.concat([crop, [3]], 0))
     masks = tf.slice(masks, tf.concat([[0], offset], 0), tf.concat([[-1], crop], 0))
-    return image, masks, tf.concat([[0, 0], crop], 0)
+    return image, masks, tf.concat([[0, 0], crop], 0), offset
+
+
+def _keypoints_in_square(
+    keypoints: tf.Tensor,
+    flip: tf.Tensor,
+    original_size: tf.Tensor,
+    new_size: tf.Tensor,
+    offset: tf.Tensor,
+    crop: tf.Tensor,
+) -> tf.Tensor:
+    """Move [n, K, 3] keypoints from original pixels into the square as box corners move.
+
+    Flip, resize and crop act on x, y as on the masks, so a keypoint keeps its place on the hand;
+    one the crop leaves outside [0, crop] (or unlabelled) becomes (0, 0, 0).
+    """
+    original = _x_then_y(original_size)  # width, height, like x, y
+    xy = keypoints[..., :2]
+    xy = tf.where(flip, tf.stack([original[0] - xy[..., 0], xy[..., 1]], axis=-1), xy)
+    xy = xy * (_x_then_y(new_size) / original) - _x_then_y(offset)
+    inside = tf.reduce_all((xy >= 0.0) & (xy <= _x_then_y(crop)), axis=-1)
+    keep = inside & (keypoints[..., 2] > 0)
+    return tf.where(keep[..., None], tf.concat([xy, keypoints[..., 2:]], axis=-1), 0.0)
+
+
+def _x_then_y(height_width: tf.Tensor) -> tf.Tensor:
+    """[height, width] as float32 [width, height], the order of keypoints' (x, y). A gather, not
+    a reversing slice: Grappler's remapper logs an error for negative-stride slices."""
+    return tf.gather(tf.cast(height_width, tf.float32), [1, 0])
 
 
 def _photometric(
     image: tf.Tensor, delta: float, contrast: tuple[float, float], seeds: tf.Tensor
 ) -> tf.Tensor:
-    """Random brightness shift and contrast stretch around the image mean, kept in 0..255."""
+    """Random brightness shift and contrast stretch around the image mean, kept in 0..255.
+
+    `mean + shift` is bracketed: Grappler reassociates an unbracketed sum or not depending on the
+    rest of the map function, so adding the keypoints moved a few pixels by one grey level.
+    """
     shift = tf.random.stateless_uniform([], seeds[0], -delta, delta) if delta > 0 else 0.0
     factor = tf.random.stateless_uniform([], seeds[1], contrast[0], contrast[1])
     mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
-    return tf.clip_by_value((image - mean) * factor + mean + shift, 0.0, 255.0)
+    return tf.clip_by_value((image - mean) * factor + (mean + shift), 0.0, 255.0)
 
 
 def _ground_truth(
-    masks: tf.Tensor, class_ids: tf.Tensor, crowd: tf.Tensor, config: Config
+    masks: tf.Tensor, class_ids: tf.Tensor, crowd: tf.Tensor, keypoints: tf.Tensor, config: Config
 ) -> dict[str, tf.Tensor]:
-    """Boxes from masks, non-crowd first, cut and padded to `data.max_gt_instances` slots."""
+    """Boxes from masks, non-crowd first, cut and padded to `data.max_gt_instances` slots;
+    class ids, crowd flags and keypoints stay in their boxes' slots."""
     data = config.data
     limit = data.max_gt_instances
     present = tf.reduce_any(masks, axis=[1, 2])
     masks = tf.boolean_mask(masks, present)
     class_ids = tf.boolean_mask(class_ids, present)
     crowd = tf.boolean_mask(crowd, present)
+    keypoints = tf.boolean_mask(keypoints, present)
     order = tf.argsort(tf.cast(crowd, tf.int32), stable=True)[:limit]
-    masks, class_ids, crowd = (tf.gather(t, order) for t in (masks, class_ids, crowd))
+    masks, class_ids, crowd, keypoints = (
+        tf.gather(t, order) for t in (masks, class_ids, crowd, keypoints)
+    )
     boxes = boxes_from_masks(masks)
     if data.use_mini_mask:
         masks = mini_masks(masks, boxes, data.mini_mask_shape)
@@ -276,5 +346,8 @@ def _ground_truth(
         "gt_class_ids": tf.ensure_shape(tf.pad(class_ids, [[0, pad]]), [limit]),
         "gt_crowd": tf.ensure_shape(tf.pad(crowd, [[0, pad]]), [limit]),
         "gt_masks": masks,
+        "gt_keypoints": tf.ensure_shape(
+            tf.pad(keypoints, [[0, pad], [0, 0], [0, 0]]), [limit, config.model.num_keypoints, 3]
+        ),
         "num_gt": count,
     }

@@ -8,6 +8,7 @@ import numpy as np
 
 from handray.data.coco import CocoDataset
 from handray.data.masks import decode_counts
+from handray.hand_keypoints import KEYPOINT_NAMES
 from handray.images import read_image
 from handray.visualize import draw_instances, save_montage
 
@@ -15,7 +16,8 @@ from handray.visualize import draw_instances, save_montage
 def preview_dataset(
     dataset: CocoDataset, out: str | Path, count: int = 8, columns: int = 4
 ) -> Path:
-    """Draw masks, boxes and class names of the first `count` images into one PNG."""
+    """Draw masks, boxes, class names and hand skeletons of the first `count` images into one
+    PNG."""
     pictures = []
     for record in dataset.images[:count]:
         image = read_image(record.path)
@@ -27,7 +29,13 @@ def preview_dataset(
             dataset.class_names[c - 1] + (" (crowd)" if crowd else "")
             for c, crowd in zip(record.class_ids, record.crowd, strict=True)
         ]
-        pictures.append(draw_instances(image, boxes, masks, labels))
+        # Hands' skeletons where the dataset has the hand's 21 keypoints (other layouts: none).
+        hand = record.keypoints.shape[1] == len(KEYPOINT_NAMES)
+        pictures.append(
+            draw_instances(
+                image, boxes, masks, labels, keypoints=record.keypoints if hand else None
+            )
+        )
     return save_montage(pictures, out, columns=columns)
 
 

@@ -1,6 +1,7 @@
-"""The box (classifier + regressor) and mask heads, with matterport's layer names.
+"""The box (classifier + regressor), mask and keypoint heads; the first two with matterport's
+layer names, the keypoint head (new) with `mrcnn_keypoint_*` names old files do not have.
 
-Both run on ROI features flattened to [N, pool, pool, C] (N = images x ROIs); the old model
+All run on ROI features flattened to [N, pool, pool, C] (N = images x ROIs); the old model
 wrapped the same layers in TimeDistributed, whose weights have these shapes too.
 """
 
@@ -10,6 +11,8 @@ import keras
 from keras import layers
 
 from handray.model.norm import Norm
+
+KEYPOINT_LAYER_PREFIX = "mrcnn_keypoint_"  # the keypoint head's layers; files before it lack them
 
 
 def build_box_head(
@@ -45,3 +48,24 @@ def build_mask_head(
     x = layers.Conv2DTranspose(width, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
     masks = layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")(x)
     return keras.Model(pooled, masks, name="mrcnn_mask_head")
+
+
+def build_keypoint_head(
+    pool_size: int, channels_in: int, convs: int, width: int, num_keypoints: int
+) -> keras.Model:
+    """ROI features -> keypoint heatmap logits [N, 4*pool, 4*pool, K] (the Mask R-CNN paper's
+    branch: a stack of 3x3 convolutions, a stride-2 deconvolution to one map per keypoint,
+    then bilinear upsampling by 2 for a finer grid)."""
+    pooled = keras.Input((pool_size, pool_size, channels_in), name="input_keypoint_features")
+    x = pooled
+    for index in range(1, convs + 1):
+        x = layers.Conv2D(
+            width, 3, padding="same", activation="relu", name=f"{KEYPOINT_LAYER_PREFIX}conv{index}"
+        )(x)
+    x = layers.Conv2DTranspose(
+        num_keypoints, 4, strides=2, padding="same", name=f"{KEYPOINT_LAYER_PREFIX}deconv"
+    )(x)
+    logits = layers.UpSampling2D(
+        2, interpolation="bilinear", name=f"{KEYPOINT_LAYER_PREFIX}upsample"
+    )(x)
+    return keras.Model(pooled, logits, name="mrcnn_keypoint_head")

@@ -67,6 +67,20 @@ def head_mask_loss(
     return masked_mean(losses, mask)
 
 
+def keypoint_loss(targets: tf.Tensor, counts: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy of each counted keypoint over its heatmap's cells, averaged over
+    the counted keypoints (unlabelled ones and those outside their ROI are ignored).
+
+    targets [B, R, K] flat cell indices, counts [B, R, K], logits [B, R, S, S, K].
+    """
+    shape = tf.shape(logits)
+    flat = tf.reshape(tf.cast(logits, tf.float32), [shape[0], shape[1], -1, logits.shape[-1]])
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        targets, tf.transpose(flat, [0, 1, 3, 2])
+    )
+    return masked_mean(losses, counts)
+
+
 def weight_decay_loss(variables: list, weight_decay: float) -> tf.Tensor:
     """0.5 * weight_decay * sum of squares of trainable weights, batch-norm gamma/beta excluded."""
     decayed = [v for v in variables if v.name not in ("gamma", "beta")]

@@ -27,7 +27,8 @@ from handray.model.anchors import generate_anchors
 from handray.model.backbone import build_backbone
 from handray.model.detection import refine_detections
 from handray.model.fpn import build_fpn
-from handray.model.heads import build_box_head, build_mask_head
+from handray.model.heads import build_box_head, build_keypoint_head, build_mask_head
+from handray.model.keypoints import decode_heatmaps
 from handray.model.norm import Norm
 from handray.model.proposals import generate_proposals
 from handray.model.roi_align import pyramid_roi_align
@@ -78,6 +79,18 @@ class MaskRCNN(keras.Model):
             model.mask_head_channels,
             model.num_classes,
             norm,
+        )
+        # The keypoint branch, when the hands have keypoints (none: no head, no cost).
+        self.keypoint_head = (
+            build_keypoint_head(
+                model.keypoint_pool_size,
+                model.fpn_channels,
+                model.keypoint_head_convs,
+                model.keypoint_head_channels,
+                model.num_keypoints,
+            )
+            if model.num_keypoints
+            else None
         )
         self.anchors = tf.constant(
             generate_anchors(
@@ -171,7 +184,12 @@ class MaskRCNN(keras.Model):
         masks = tf.gather(
             tf.transpose(masks, [0, 1, 4, 2, 3]), detections["class_ids"], batch_dims=2
         )
-        return {**detections, "masks": masks}
+        keypoints = self._keypoints(pyramid, detections["boxes"], training=False)
+        if keypoints is not None:
+            keypoints = decode_heatmaps(keypoints, detections["boxes"])
+        else:
+            keypoints = tf.zeros([*tf.unstack(tf.shape(detections["boxes"])[:2]), 0, 3])
+        return {**detections, "masks": masks, "keypoints": keypoints}
 
     def train_step_losses(
         self, batch: dict[str, tf.Tensor], *, mini_masks: bool, training: bool = True
@@ -219,10 +237,13 @@ class MaskRCNN(keras.Model):
             positive_jitter=model.roi_positive_jitter,
             hard_negative_fraction=model.roi_hard_negative_fraction,
             mask_rois=model.mask_rois_per_image,
+            gt_keypoints=self._normalised_keypoints(batch),
+            heatmap_size=4 * model.keypoint_pool_size,
         )
         class_logits, _, deltas = self._classify(pyramid, targets.rois, training=training)
         slots = targets.mask_slots
         masks = self._segment(pyramid, targets.rois[:, :slots], training=training)
+        heatmaps = self._keypoints(pyramid, targets.rois[:, :slots], training=training)
         head_losses = (
             losses.rpn_class_loss(anchor_labels, rpn_logits),
             losses.rpn_bbox_loss(anchor_labels, anchor_deltas, rpn_deltas),
@@ -231,6 +252,9 @@ class MaskRCNN(keras.Model):
             losses.head_mask_loss(
                 targets.class_ids[:, :slots], targets.positive[:, :slots], targets.masks, masks
             ),
+            tf.constant(0.0)
+            if heatmaps is None
+            else losses.keypoint_loss(targets.keypoints, targets.keypoint_counts, heatmaps),
         )
         values = dict(zip(LOSS_NAMES, head_losses, strict=True))
         real, _ = real_and_crowd(gt_class_ids, gt_crowd)
@@ -243,6 +267,14 @@ class MaskRCNN(keras.Model):
 
     def _normalise(self, pixels: tf.Tensor) -> tf.Tensor:
         return tf.cast(pixels, tf.float32) / float(self.image_size)
+
+    def _normalised_keypoints(self, batch: dict[str, tf.Tensor]) -> tf.Tensor | None:
+        """The batch's keypoints [B, M, K, 3] with x, y normalised like the boxes (v kept), or
+        None when the model has no keypoint head."""
+        if self.keypoint_head is None:
+            return None
+        keypoints = tf.cast(batch["gt_keypoints"], tf.float32)
+        return tf.concat([self._normalise(keypoints[..., :2]), keypoints[..., 2:]], axis=-1)
 
     def _pyramid(self, images: tf.Tensor, training: bool) -> list[tf.Tensor]:
         """FPN levels P2..P6, float32 even when mixed precision computes them in float16."""
@@ -278,6 +310,20 @@ class MaskRCNN(keras.Model):
             tf.reshape(deltas, [batch, count, classes, 4]),
         )
 
+    def _keypoints(self, pyramid: list, boxes: tf.Tensor, training: bool) -> tf.Tensor | None:
+        """Keypoint head on boxes [B, D, 4]: heatmap logits [B, D, S, S, K], or None without
+        the head."""
+        if self.keypoint_head is None:
+            return None
+        pooled = pyramid_roi_align(
+            pyramid[:4], boxes, self._settings.keypoint_pool_size, self.image_size
+        )
+        heatmaps = self.keypoint_head(
+            tf.reshape(pooled, [-1, *pooled.shape[2:]]), training=training
+        )
+        heatmaps = tf.cast(heatmaps, tf.float32)
+        return tf.reshape(heatmaps, [tf.shape(boxes)[0], tf.shape(boxes)[1], *heatmaps.shape[1:]])
+
     def _segment(self, pyramid: list, boxes: tf.Tensor, training: bool) -> tf.Tensor:
         """Mask head on boxes [B, D, 4]: per-class mask probabilities [B, D, h, w, K]."""
         pooled = pyramid_roi_align(
@@ -299,7 +345,8 @@ class MaskRCNN(keras.Model):
         """Detections per image for uint8 RGB arrays of any sizes.
 
         Each result has `rois` [N, 4] (y1, x1, y2, x2 in the image's pixels), `class_ids` [N],
-        `scores` [N] and `masks` [N, H, W] bool, best first: every detection scoring at least
+        `scores` [N], `masks` [N, H, W] bool and `keypoints` [N, K, 3] (x, y in the image's
+        pixels, score; K = 0 without a keypoint head), best first: every detection scoring at least
         `min_score` (default `default_min_score`), a mask pixel where its probability reaches
         `mask_threshold`.
         """
@@ -344,19 +391,17 @@ class MaskRCNN(keras.Model):
             else:
                 yield layer
 
-        for sub_model in (self.features, self.rpn, self.box_head, self.mask_head):
+        for sub_model in self._sub_models():
             yield from walk(sub_model)
+
+    def _sub_models(self) -> tuple[keras.Model, ...]:
+        heads = (self.box_head, self.mask_head, self.keypoint_head)
+        return (self.features, self.rpn, *(head for head in heads if head is not None))
 
     def get_layer(self, name: str | None = None, index: int | None = None):
         """Find a layer by name anywhere in the model, nested sub-models included."""
         if name is not None:
-            for layer in (
-                *self.leaf_layers(),
-                self.features,
-                self.rpn,
-                self.box_head,
-                self.mask_head,
-            ):
+            for layer in (*self.leaf_layers(), *self._sub_models()):
                 if layer.name == name:
                     return layer
         return super().get_layer(name=name, index=index)

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from handray.geometry import pixel_centre_boxes
 from handray.model.boxes import box_iou, encode_boxes
+from handray.model.keypoints import heatmap_targets
 from handray.model.roi_align import crop_and_resize
 from handray.model.sampling import sample_indices, sample_mask
 
@@ -84,6 +85,8 @@ class RoiTargets:
     class_ids: tf.Tensor  # [B, T] 0 for negatives
     deltas: tf.Tensor  # [B, T, 4] box targets (zero except positives)
     masks: tf.Tensor  # [B, mask_slots, h, w] mask targets of the first positive slots
+    keypoints: tf.Tensor  # [B, mask_slots, K] heatmap cell of each keypoint (model/keypoints.py)
+    keypoint_counts: tf.Tensor  # [B, mask_slots, K] labelled and inside the ROI
     positive_slots: int
     mask_slots: int
 
@@ -104,6 +107,8 @@ def detection_targets(
     positive_jitter: int = 0,
     hard_negative_fraction: float = 0.0,
     mask_rois: int = 0,
+    gt_keypoints: tf.Tensor | None = None,
+    heatmap_size: int = 1,
 ) -> RoiTargets:
     """Sample ROIs for the heads from proposals plus the ground-truth boxes themselves.
 
@@ -113,7 +118,9 @@ def detection_targets(
     heads their share of positives from the first step on, before the RPN proposes hands.
     `hard_negative_fraction` of the negative slots go to the negatives the RPN ranks highest
     (proposals arrive best first): the faces and forearms the classifier must learn to reject.
-    `mask_rois` (0: all positive slots) bounds the positives given mask targets.
+    `mask_rois` (0: all positive slots) bounds the positives given mask targets; the same ROIs
+    get keypoint targets on a heatmap_size grid when `gt_keypoints` [B, M, K, 3] (x, y, v, in
+    the boxes' coordinates) are given.
     """
     real, crowd = real_and_crowd(gt_class_ids, gt_crowd)
     jittered = [jitter_boxes(gt_boxes) for _ in range(positive_jitter)]
@@ -148,6 +155,13 @@ def detection_targets(
         mask_shape,
         mini_mask,
     )
+    if gt_keypoints is None:
+        gt_keypoints = tf.zeros([tf.shape(gt_boxes)[0], tf.shape(gt_boxes)[1], 0, 3])
+    keypoints, keypoint_counts = heatmap_targets(
+        pos_rois[:, :mask_slots],
+        tf.gather(gt_keypoints, pos_gt[:, :mask_slots], batch_dims=1),
+        heatmap_size,
+    )
     return RoiTargets(
         rois=tf.concat([pos_rois * pos_float, neg_rois * neg_float], axis=1),
         valid=tf.concat([pos_valid, neg_valid], axis=1),
@@ -155,6 +169,8 @@ def detection_targets(
         class_ids=tf.concat([pos_classes, tf.zeros_like(neg_index)], axis=1),
         deltas=tf.concat([pos_deltas, tf.zeros([tf.shape(gt_boxes)[0], negatives, 4])], axis=1),
         masks=masks * pos_float[:, :mask_slots, :, None],
+        keypoints=keypoints,
+        keypoint_counts=keypoint_counts & pos_valid[:, :mask_slots, None],
         positive_slots=positive_slots,
         mask_slots=mask_slots,
     )

@@ -294,6 +294,7 @@ class Ingress:
                 400, "bad_parameter", f"mask_format={mask_format!r}; use one of {MASK_FORMATS}"
             )
         min_score = _score_parameter(request.query_params.get("min_score"))
+        keypoints = _switch_parameter("keypoints", request.query_params.get("keypoints", "1"))
         upload = await self._upload(request)
         pixels = await asyncio.to_thread(decode_upload, upload, self._limits)
         decoded = time.perf_counter()
@@ -303,7 +304,7 @@ class Ingress:
         predicted = time.perf_counter()
         info = await self._model_info()
         predictions = await asyncio.to_thread(
-            prediction_records, result, info["class_names"], mask_format
+            prediction_records, result, info["class_names"], mask_format, keypoints
         )
         finished = time.perf_counter()
         timing = _milliseconds(
@@ -418,6 +419,12 @@ def _score_parameter(text: str | None) -> float | None:
     if not 0.0 <= value <= 1.0:
         raise RequestError(400, "bad_parameter", f"min_score={text!r}; use a number in [0, 1]")
     return value
+
+
+def _switch_parameter(name: str, text: str) -> bool:
+    if text not in ("0", "1"):
+        raise RequestError(400, "bad_parameter", f"{name}={text!r}; use 0 or 1")
+    return text == "1"
 
 
 def _milliseconds(**seconds: float) -> dict[str, float]:

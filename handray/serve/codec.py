@@ -110,29 +110,42 @@ def to_model_bytes(pixels: np.ndarray) -> bytes:
 
 
 def prediction_records(
-    detection: dict[str, np.ndarray], class_names: list[str], mask_format: str
+    detection: dict[str, np.ndarray],
+    class_names: list[str],
+    mask_format: str,
+    keypoints: bool = True,
 ) -> list[dict[str, Any]]:
     """JSON predictions: the old reply's `roi`, `class_id`, `class_name`, `score`, `mask` (base64
-    PNG, 0/255, image-sized), plus COCO `bbox` [x, y, w, h]; `mask_format` picks the mask."""
+    PNG, 0/255, image-sized), plus COCO `bbox` [x, y, w, h] and, when the model gives them and
+    `keypoints` is on, `keypoints` [[x, y, score], ...] in the image's pixels; `mask_format`
+    picks the mask."""
     records = []
-    for roi, class_id, score, mask in zip(
-        detection["rois"],
-        detection["class_ids"],
-        detection["scores"],
-        detection["masks"],
-        strict=True,
+    points = detection.get("keypoints")
+    with_points = keypoints and points is not None and points.shape[1] > 0
+    for index, (roi, class_id, score, mask) in enumerate(
+        zip(
+            detection["rois"],
+            detection["class_ids"],
+            detection["scores"],
+            detection["masks"],
+            strict=True,
+        )
     ):
         y1, x1, y2, x2 = (round(float(v), 2) for v in roi)
-        records.append(
-            {
-                "roi": [y1, x1, y2, x2],
-                "class_id": int(class_id),
-                "class_name": class_names[int(class_id)],
-                "score": round(float(score), 5),
-                "mask": _encode(mask, mask_format),
-                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-            }
-        )
+        record = {
+            "roi": [y1, x1, y2, x2],
+            "class_id": int(class_id),
+            "class_name": class_names[int(class_id)],
+            "score": round(float(score), 5),
+            "mask": _encode(mask, mask_format),
+            "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+        }
+        if with_points:
+            record["keypoints"] = [
+                [round(float(x), 2), round(float(y), 2), round(float(s), 5)]
+                for x, y, s in points[index]
+            ]
+        records.append(record)
     return records
 
 

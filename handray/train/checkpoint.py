@@ -22,6 +22,7 @@ relative to that folder; `best`, a sweep folder or its `best.json` resolve to th
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import h5py
 import numpy as np
 
 from handray.atomic import atomic_write
-from handray.config import Config, load_config, save_config
+from handray.config import Config, load_config, save_config, with_overrides
 from handray.errors import HandrayError
 
 if TYPE_CHECKING:  # TensorFlow loads only where a model is built: not in Tune's trial drivers
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # TensorFlow loads only where a model is built: not in Tune's
 
     from handray.model.maskrcnn import MaskRCNN
 
+logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 CONFIG_FILE = "config.yaml"
@@ -261,6 +263,7 @@ def load_trained_model(
     required for a bare `.h5` file such as the old model's weights.
     """
     from handray.model import build_model
+    from handray.model.heads import KEYPOINT_LAYER_PREFIX
     from handray.model.weights import load_weights
 
     path = resolve_checkpoint(spec, storage)
@@ -276,6 +279,19 @@ def load_trained_model(
     model = build_model(config, jit_compile=jit_compile)
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     report = load_weights(model, weights)
+    head = [name for name in report.missing if name.startswith(KEYPOINT_LAYER_PREFIX)]
+    if head and not report.skipped and len(head) == len(report.missing):
+        # A file from before the keypoint head (the old model's, an older checkpoint): serve
+        # what it learned, without keypoints an untrained head would make up.
+        logger.warning(
+            "%s has no keypoint head (%s missing); predicting without keypoints "
+            "(model.num_keypoints=0). Train from it (--weights) to learn them.",
+            weights,
+            ", ".join(head),
+        )
+        config = with_overrides(config, {"model.num_keypoints": 0})
+        model = build_model(config, jit_compile=jit_compile)
+        report = load_weights(model, weights)
     unusable = report.missing + report.skipped
     if unusable:
         raise HandrayError(

@@ -5,9 +5,11 @@ import pytest
 from pycocotools.coco import COCO
 
 from handray.data.coco import load_dataset
+from handray.data.hands import hand_categories
 from handray.data.masks import decode_counts
 from handray.errors import DatasetError
-from tests.conftest import rectangle_mask, write_dataset
+from handray.hand_keypoints import KEYPOINT_NAMES, SKELETON
+from tests.conftest import random_keypoints, rectangle_mask, write_dataset
 
 
 def test_reader_decodes_polygons_rle_uncompressed_and_crowd_like_pycocotools(small_dataset):
@@ -86,3 +88,72 @@ def test_truncated_json_and_missing_split_have_clear_errors(small_dataset):
         load_dataset(small_dataset)
     with pytest.raises(DatasetError, match="instances_val.json is missing"):
         load_dataset(small_dataset, "val")
+
+
+@pytest.fixture
+def hands_with_keypoints(tmp_path) -> tuple:
+    """A dataset with hand categories: two hands with keypoints around one without, and an
+    image without hands. Returns the folder and the keypoints written."""
+    rng = np.random.default_rng(0)
+    first, second = random_keypoints(rng, 40, 50), random_keypoints(rng, 40, 50)
+    mask = rectangle_mask(40, 50, 5, 5, 20, 20)
+    instances = [
+        {"mask": mask, "category_id": 2, "keypoints": first},
+        {"mask": mask, "category_id": 1},
+        {"mask": mask, "category_id": 1, "keypoints": second},
+    ]
+    images = [{"height": 40, "width": 50, "instances": instances}, {"height": 30, "width": 30}]
+    write_dataset(tmp_path, images, categories=hand_categories("left-right"))
+    return tmp_path, np.stack([first, np.zeros((21, 3)), second])
+
+
+def test_keypoints_names_and_skeleton_come_from_the_file(hands_with_keypoints):
+    root, written = hands_with_keypoints
+    dataset = load_dataset(root)
+    assert dataset.keypoint_names == KEYPOINT_NAMES
+    assert dataset.skeleton == SKELETON
+    hands, empty = dataset.images
+    assert hands.keypoints.dtype == np.float32
+    # In annotation order, like class_ids; the hand without keypoints is unlabelled (v = 0).
+    np.testing.assert_array_equal(hands.keypoints, written.astype(np.float32))
+    assert hands.class_ids.tolist() == [2, 1, 1]
+    assert empty.keypoints.shape == (0, 21, 3)
+
+
+def test_dataset_without_keypoints_has_none(small_dataset):
+    dataset = load_dataset(small_dataset)
+    assert dataset.keypoint_names == () and dataset.skeleton == ()
+    for record in dataset.images:
+        assert record.keypoints.shape == (len(record.class_ids), 0, 3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda c: c["categories"][1]["keypoints"].__setitem__(0, "palm"),
+            r"categories 1 and 2 declare different keypoint names \(\['wrist', .*\['palm', ",
+        ),
+        (
+            lambda c: c["categories"][1]["skeleton"].pop(),
+            r"categories 1 and 2 declare different skeletons",
+        ),
+        (lambda c: c["categories"][0].update(skeleton=[[1, 22]]), r"category 1 skeleton"),
+        (
+            lambda c: c["annotations"][2].update(keypoints=[1, 2, 2]),
+            r"annotation 3 has keypoints 3 values but the categories declare 21 keypoints: 63",
+        ),
+        (
+            lambda c: [cat.pop("keypoints") for cat in c["categories"]],
+            r"annotation 1 has keypoints 63 values but the categories declare 0 keypoints",
+        ),
+        (lambda c: c["annotations"][0]["keypoints"].__setitem__(5, 3), "annotation 1 .*visib"),
+        (lambda c: c["annotations"][0]["keypoints"].__setitem__(0, "a"), "not numbers"),
+    ],
+)
+def test_inconsistent_keypoints_are_named(hands_with_keypoints, change, message):
+    path = hands_with_keypoints[0] / "annotations" / "instances_train.json"
+    _rewrite(path, change)
+    with pytest.raises(DatasetError, match=message) as error:
+        load_dataset(hands_with_keypoints[0])
+    assert str(error.value).startswith(f"{path}: ")

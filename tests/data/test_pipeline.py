@@ -4,11 +4,12 @@ import tensorflow as tf
 
 from handray.config import load_config
 from handray.data.coco import load_dataset
+from handray.data.hands import hand_categories
 from handray.data.masks import decode_counts
-from handray.data.pipeline import build_dataset, decode_masks, flip_class_map
+from handray.data.pipeline import build_dataset, check_classes, decode_masks, flip_class_map
 from handray.errors import DatasetError
 from handray.geometry import boxes_to_original, boxes_to_padded, resize_and_pad, resize_scale
-from tests.conftest import rectangle_mask, write_dataset
+from tests.conftest import random_keypoints, rectangle_mask, write_dataset
 
 NO_PHOTOMETRIC = {
     "data.brightness_delta": 0.0,
@@ -46,6 +47,7 @@ def test_training_batches_have_fixed_shapes_and_types(small_dataset):
         "gt_class_ids": ((n, slots), tf.int32),
         "gt_crowd": ((n, slots), tf.bool),
         "gt_masks": ((n, slots, mini, mini), tf.uint8),
+        "gt_keypoints": ((n, slots, 21, 3), tf.float32),
         "num_gt": ((n,), tf.int32),
     }
     assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == expected
@@ -259,3 +261,122 @@ def test_image_whose_size_differs_from_its_annotation_fails_loudly(tmp_path):
     data = build_dataset(load_dataset(tmp_path), load_config("tiny"), training=False)
     with pytest.raises(tf.errors.InvalidArgumentError, match="differs from its COCO width/height"):
         next(iter(data))
+
+
+def in_square(points: np.ndarray, factor: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Numpy reference: [..., 3] keypoints already mirrored and shifted, scaled by `factor`
+    (x, y); labelled ones inside [0, limit] kept, the rest (0, 0, 0)."""
+    xy = points[..., :2] * factor
+    keep = (points[..., 2] > 0) & ((xy >= 0) & (xy <= limit)).all(-1)
+    return np.where(keep[..., None], np.concatenate([xy, points[..., 2:]], -1), 0)
+
+
+@pytest.fixture
+def hands_60x100(tmp_path) -> tuple:
+    """One non-square image: a crowd hand with keypoints listed first, a right hand with
+    keypoints, a left hand without. Returns the dataset and the keypoints written, by slot."""
+    rng = np.random.default_rng(1)
+    crowd, right = random_keypoints(rng, 60, 100), random_keypoints(rng, 60, 100)
+    instances = [
+        {"mask": rectangle_mask(60, 100, 2, 2, 10, 10), "category_id": 1, "iscrowd": 1},
+        {"mask": rectangle_mask(60, 100, 5, 50, 40, 90), "category_id": 2},
+        {"mask": rectangle_mask(60, 100, 20, 10, 55, 45), "category_id": 1},
+    ]
+    instances[0]["keypoints"], instances[1]["keypoints"] = crowd, right
+    images = [{"height": 60, "width": 100, "instances": instances}]
+    write_dataset(tmp_path, images, categories=hand_categories("left-right"))
+    return load_dataset(tmp_path), np.stack([right, np.zeros((21, 3)), crowd])
+
+
+def test_keypoints_are_resized_like_boxes_in_box_slot_order(hands_60x100):
+    dataset, written = hands_60x100
+    got = examples(dataset, load_config("tiny"), training=False)[1]
+    # 100 px wide fills the 128 px square; 60 rows become round(60 * 1.28) = 77.
+    assert got["window"].tolist() == [0, 0, 77, 128]
+    expected = in_square(written, np.array([128 / 100, 77 / 60]), np.array([128, 77]))
+    assert got["gt_class_ids"][:4].tolist() == [2, 1, 1, 0]
+    np.testing.assert_allclose(got["gt_keypoints"][:3], expected, rtol=1e-6, atol=1e-4)
+    assert not got["gt_keypoints"][3:].any()
+    assert {0, 1, 2} <= set(got["gt_keypoints"][0, :, 2].tolist())
+
+
+def test_flip_mirrors_keypoints_and_keeps_their_indices(hands_60x100):
+    dataset, written = hands_60x100
+    plain = load_config("tiny", NO_PHOTOMETRIC)
+    flipped = load_config(
+        "tiny", {**NO_PHOTOMETRIC, "data.flip_prob": 1.0, "data.scale_jitter": [1.0, 1.0]}
+    )
+    ref = examples(dataset, plain, training=False)[1]
+    got = examples(dataset, flipped, training=True, repeat=False)[1]
+    mirrored = written.copy()
+    mirrored[..., 0] = 100 - written[..., 0]
+    expected = in_square(mirrored, np.array([128 / 100, 77 / 60]), np.array([128, 77]))
+    np.testing.assert_allclose(got["gt_keypoints"][:3], expected, rtol=1e-6, atol=1e-4)
+    # Against the unflipped example: x mirrored in the window, y and v as they were, same joint.
+    labelled = ref["gt_keypoints"][..., 2] > 0
+    np.testing.assert_allclose(
+        got["gt_keypoints"][..., 0][labelled],
+        128 - ref["gt_keypoints"][..., 0][labelled],
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        got["gt_keypoints"][..., 1:], ref["gt_keypoints"][..., 1:], atol=1e-4
+    )
+    assert not got["gt_keypoints"][~labelled].any()
+    assert got["gt_class_ids"][:3].tolist() == [1, 2, 2]  # left and right swapped
+
+
+def test_scale_jitter_crops_keypoints_with_the_boxes_and_zeroes_the_cut_ones(tmp_path):
+    # 64 px images scaled 2 x 1.25 = 2.5 exactly to 160 px, then cut to 128 at a random offset.
+    # The hand's mask edges (16 and 48) land on whole pixels (40 and 120), so its box gives the
+    # offset; keypoints at the image's edges fall outside the cut on at least one side.
+    rng = np.random.default_rng(2)
+    edges = [[0.2, 32, 2], [63.8, 32, 2], [32, 0.2, 1], [32, 63.8, 2]]
+    points = [
+        np.concatenate([[[16, 16, 2], [48, 48, 1]], edges, random_keypoints(rng, 64, 64, 15)])
+        for _ in range(3)
+    ]
+    mask = rectangle_mask(64, 64, 16, 16, 48, 48)
+    images = [
+        {"height": 64, "width": 64, "instances": [{"mask": mask, "category_id": 1, "keypoints": p}]}
+        for p in points
+    ]
+    write_dataset(tmp_path, images, categories=hand_categories("left-right"))
+    config = load_config("tiny", {"data.scale_jitter": [1.25, 1.25], "data.flip_prob": 0.0})
+    dropped = kept = 0
+    for image_id, got in examples(
+        load_dataset(tmp_path), config, training=True, repeat=False
+    ).items():
+        y1, x1, y2, x2 = got["gt_boxes"][0]
+        assert (y2 - y1, x2 - x1) == (80, 80) and got["window"].tolist() == [0, 0, 128, 128]
+        shifted = points[image_id - 1].copy()
+        shifted[:, :2] -= np.array([40 - x1, 40 - y1]) / 2.5  # the offset, in original pixels
+        expected = in_square(shifted, np.array([2.5, 2.5]), np.array([128, 128]))
+        np.testing.assert_allclose(got["gt_keypoints"][0], expected, atol=1e-4)
+        np.testing.assert_allclose(got["gt_keypoints"][0, :2, :2], [[x1, y1], [x2, y2]], atol=1e-4)
+        cut = got["gt_keypoints"][0, 2:6, 2] == 0
+        dropped, kept = dropped + cut.sum(), kept + (~cut).sum()
+    assert dropped >= 3 and kept >= 1
+
+
+def test_dataset_without_keypoints_gives_unlabelled_ones(small_dataset):
+    dataset = load_dataset(small_dataset)
+    for example in examples(dataset, load_config("tiny"), training=False).values():
+        assert example["gt_keypoints"].shape == (8, 21, 3) and not example["gt_keypoints"].any()
+
+
+def test_model_without_keypoint_head_gets_an_empty_keypoint_axis(hands_60x100):
+    config = load_config("tiny", {"model.num_keypoints": 0})
+    got = examples(hands_60x100[0], config, training=False)[1]
+    assert got["gt_keypoints"].shape == (8, 0, 3)
+
+
+def test_keypoint_count_mismatch_says_what_to_set(hands_60x100):
+    config = load_config("tiny", {"model.num_keypoints": 17})
+    message = (
+        r"21 keypoints per instance but model.num_keypoints=17; use --set model.num_keypoints=21"
+    )
+    with pytest.raises(DatasetError, match=message):
+        check_classes(hands_60x100[0], config)
+    with pytest.raises(DatasetError, match=message):
+        build_dataset(hands_60x100[0], config, training=True)

@@ -44,6 +44,8 @@ def test_head_accuracies_and_positive_ratio_count_the_right_rois():
         class_ids=class_ids,
         deltas=tf.zeros([1, 6, 4]),
         masks=tf.zeros([1, 1, 2, 2]),
+        keypoints=tf.zeros([1, 1, 21], tf.int32),
+        keypoint_counts=tf.zeros([1, 1, 21], tf.bool),
         positive_slots=3,
         mask_slots=1,
     )

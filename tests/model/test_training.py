@@ -11,7 +11,7 @@ from handray.config import load_config
 from handray.data.coco import annotation_file, load_dataset
 from handray.data.pipeline import build_dataset
 from handray.data.synthetic import generate_dataset
-from handray.evaluate import coco_evaluate, coco_results
+from handray.evaluate import coco_evaluate, coco_results, evaluate_model
 from handray.model import build_model
 from handray.train.loop import make_optimizer
 from handray.train.step import make_train_step
@@ -46,6 +46,11 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
     boxes = coco_evaluate(ground_truth, results, "bbox", image_ids)
     print(f"after {STEPS} steps: mask AP50 {masks['AP50']:.3f}, box AP50 {boxes['AP50']:.3f}")
     assert masks["AP50"] >= 0.9
+    # The keypoint head learns the same images' hand poses.
+    pose = evaluate_model(model, dataset, progress=False)["keypoints"]
+    print(f"keypoints: PCK@0.2 {pose['pck@0.2']:.3f}, EPE {pose['epe_px']:.2f} px")
+    assert pose["hands"] >= 0.9 * sum(len(r.class_ids) for r in dataset.images)
+    assert pose["pck@0.2"] >= 0.95
 
     # The XLA-compiled predict step (whole, or after the backbone as on CPUs by default)
     # finds the same hands as the plain graph.

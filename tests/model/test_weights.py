@@ -23,6 +23,7 @@ import handray
 from handray.config import load_config
 from handray.errors import HandrayError
 from handray.model import weights
+from handray.model.heads import KEYPOINT_LAYER_PREFIX
 from handray.model.maskrcnn import build_model
 from handray.model.weights import (
     CLASS_LAYERS,
@@ -32,6 +33,7 @@ from handray.model.weights import (
     load_weights,
     save_weights,
 )
+from handray.train.checkpoint import load_trained_model
 
 # Connection refused at once: downloads fail fast and nothing is fetched, online or not.
 UNREACHABLE = "http://127.0.0.1:9/"
@@ -200,9 +202,12 @@ def test_hand_r101_layer_names_and_shapes_equal_the_old_architecture():
     config = load_config("hand-r101")
     model = build_model(config, jit_compile=False)
     layers = [layer for layer in model.leaf_layers() if layer.weights]
-    actual = {layer.name: [tuple(v.shape) for v in layer.weights] for layer in layers}
-    assert len(actual) == len(layers), "weighted layer names repeat"
+    every = {layer.name: [tuple(v.shape) for v in layer.weights] for layer in layers}
+    assert len(every) == len(layers), "weighted layer names repeat"
+    # The old architecture, plus the keypoint head under names of its own.
+    actual = {n: s for n, s in every.items() if not n.startswith(KEYPOINT_LAYER_PREFIX)}
     assert actual == matterport_r101_shapes(config.model.num_classes)
+    assert len(every) - len(actual) == config.model.keypoint_head_convs + 1
     count = sum(int(np.prod(shape)) for shapes in actual.values() for shape in shapes)
     print(f"hand-r101: {len(actual)} weighted layers, {count:,} parameters")
     # The same list for COCO's 81 classes adds up to the old model's printed summary.
@@ -225,6 +230,27 @@ def test_matterport_layout_loads_by_name_with_nested_rpn_and_time_distributed(
     for name in ("rpn_conv_shared", "mrcnn_mask_conv1", "mrcnn_class_bn1"):
         for v in target.get_layer(name).weights:
             np.testing.assert_array_equal(v.numpy(), expected[name][v.name])
+
+
+def test_a_file_from_before_the_keypoint_head_loads_with_the_head_missing(tmp_path, caplog):
+    """Old weights (here: a model built without the head) load by name into a model with it;
+    only the head is missing. For inference, `load_trained_model` drops the head instead of
+    reporting keypoints an untrained head made up."""
+    old = tiny_model(seed=3, **{"model.num_keypoints": 0})
+    save_weights(old, tmp_path / "old.h5")
+    report = load_weights(tiny_model(), tmp_path / "old.h5")
+    head = [f"{KEYPOINT_LAYER_PREFIX}conv{i}" for i in range(1, 5)] + [
+        f"{KEYPOINT_LAYER_PREFIX}deconv"
+    ]
+    assert sorted(report.missing) == sorted(head) and report.skipped == []
+    assert sorted(report.loaded) == sorted(by_layer(old))
+    with caplog.at_level(logging.WARNING):
+        model, config, _ = load_trained_model(tmp_path / "old.h5", "tiny", jit_compile=False)
+    assert model.keypoint_head is None and config.model.num_keypoints == 0
+    assert "has no keypoint head" in caplog.text
+    assert_same(by_layer(model), by_layer(old), by_layer(old))
+    (detection,) = model.detect([np.zeros((40, 50, 3), np.uint8)], min_score=0.0)
+    assert detection["keypoints"].shape == (len(detection["scores"]), 0, 3)
 
 
 def test_unknown_file_layer_is_skipped_with_reason(matterport_file):

@@ -51,6 +51,10 @@ def assert_same_predictions(reply: dict, record: dict, min_score: float = 0.0) -
             assert png.shape == reference.shape and set(np.unique(png)) <= {0, 255}
             mask = png == 255
         assert (mask == reference).mean() >= 0.995
+        got_points, want_points = np.array(got["keypoints"]), np.array(want["keypoints"])
+        assert got_points.shape == want_points.shape == (21, 3)
+        np.testing.assert_allclose(got_points[:, :2], want_points[:, :2], atol=0.02)
+        np.testing.assert_allclose(got_points[:, 2], want_points[:, 2], atol=1e-4)
 
 
 def test_the_old_clients_exact_call(url, photo_files, expected):
@@ -68,15 +72,24 @@ def test_the_old_clients_exact_call(url, photo_files, expected):
     assert reply.headers["Server-Timing"] == ", ".join(f"{k};dur={v}" for k, v in timing.items())
 
 
-def test_raw_body_with_rle_masks_and_a_threshold(url, photo_files, expected):
-    reply = requests.post(
-        f"{url}/predict?mask_format=rle&min_score=0.9",
-        data=photo_files[1].read_bytes(),
+def post_raw(url: str, path, query: str) -> requests.Response:
+    """The image file as a raw PNG body."""
+    return requests.post(
+        f"{url}/predict?{query}",
+        data=path.read_bytes(),
         headers={"Content-Type": "image/png"},
         timeout=60,
     )
+
+
+def test_raw_body_with_rle_masks_and_a_threshold(url, photo_files, expected):
+    reply = post_raw(url, photo_files[1], "mask_format=rle&min_score=0.9")
     assert reply.status_code == 200, reply.text
     assert_same_predictions(reply.json(), expected[1], min_score=0.9)
+    without = post_raw(url, photo_files[1], "keypoints=0")
+    assert without.status_code == 200, without.text
+    predictions = without.json()["predictions"]
+    assert predictions and not any("keypoints" in p for p in predictions)
 
 
 def test_concurrent_requests_are_batched_and_all_correct(url, photo_files, expected):
@@ -125,7 +138,7 @@ def test_bad_inputs_get_json_client_errors_and_the_server_keeps_serving(url, pho
         body = reply.json()
         assert body["success"] is False and body["error"]["message"]
         assert code is None or body["error"]["code"] == code
-    for query in ("mask_format=svg", "min_score=high", "min_score=1.5"):
+    for query in ("mask_format=svg", "min_score=high", "min_score=1.5", "keypoints=yes"):
         reply = requests.post(f"{url}/predict?{query}", files={"image": photo}, timeout=60)
         assert (reply.status_code, reply.json()["error"]["code"]) == (400, "bad_parameter")
     assert requests.get(f"{url}/predict", timeout=60).status_code == 405

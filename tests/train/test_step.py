@@ -7,15 +7,18 @@ import pytest
 from handray.config import LOSS_NAMES, load_config
 from handray.data.coco import load_dataset
 from handray.data.pipeline import build_dataset
+from handray.data.synthetic import generate_dataset
 from handray.model import build_model
 from handray.model.diagnostics import DIAGNOSTIC_NAMES
 from handray.train.step import recipe_losses
 
 
-@pytest.fixture
-def batch(small_dataset):
-    dataset = load_dataset(small_dataset)
-    return next(iter(build_dataset(dataset, load_config("tiny"), training=True)))
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """A batch of synthetic hands, with keypoints."""
+    root = tmp_path_factory.mktemp("hands")
+    generate_dataset(root, train=4, val=1, size=128, seed=1, workers=1, progress=False)
+    return next(iter(build_dataset(load_dataset(root), load_config("tiny"), training=True)))
 
 
 def test_losses_are_finite_and_sum_to_the_total(batch):
@@ -44,3 +47,13 @@ def test_loss_weights_and_weight_decay_enter_the_total(batch):
     expected = sum(config.train.loss_weights[n] * values[n] for n in LOSS_NAMES)
     assert values["loss"] == pytest.approx(expected + values["weight_decay_loss"], rel=1e-5)
     assert config.train.loss_weights["rpn_bbox_loss"] == 1.0  # unnamed losses count once
+
+
+def test_a_dataset_without_keypoints_trains_with_a_zero_keypoint_loss(small_dataset):
+    config = load_config("tiny")
+    batch = next(iter(build_dataset(load_dataset(small_dataset), config, training=True)))
+    model = build_model(config, jit_compile=False)
+    values = {k: float(v) for k, v in recipe_losses(model, batch, config).items()}
+    assert values["mrcnn_keypoint_loss"] == 0.0
+    assert all(values[n] > 0 for n in LOSS_NAMES if n != "mrcnn_keypoint_loss")
+    assert np.isfinite(values["loss"])
