@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from handray.config import Config, load_config
+from handray.core.geometry import resize_and_pad
 from handray.data.synthetic import render_sample
-from handray.geometry import resize_and_pad
 from handray.model.keypoints import decode_heatmaps
 from handray.model.maskrcnn import MaskRCNN, build_model
 from handray.model.roi_align import pyramid_roi_align

@@ -28,12 +28,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import requests
-from serve_process import ServeProcess, deployments, free_port, percentile, shipped_config
 
 from handray.config import load_config
 from handray.data.synthetic import generate_dataset
-from handray.export import export_model
+from handray.inference.export import export_model
 from handray.model import build_model
+from handray.serve.launcher import ServeProcess, deployments, free_port, shipped_config
+from handray.serve.loadgen import percentile
 
 CONCURRENCY = (1, 8, 32)
 SOURCE_SIZE = {"tiny": 128, "hand-r50": 320}  # RHD images are 320x320

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from handray import __version__
 from handray.config import LAYER_STAGES, Config
-from handray.errors import HandrayError
+from handray.core.errors import HandrayError
+from handray.core.version import VERSION
 
 Command = Callable[[argparse.Namespace], int | None]
 
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handray", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"handray {__version__}")
+    parser.add_argument("--version", action="version", version=f"handray {VERSION}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     config = _command(commands, "config", _config, "print a resolved config as YAML")
@@ -304,10 +304,15 @@ def _cluster_config(args: argparse.Namespace, overrides: dict) -> Config:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from handray.data.coco import load_dataset
-    from handray.evaluate import MONTAGE_FILE, evaluate_model, format_metrics, write_metrics
+    from handray.evaluation.metrics import (
+        MONTAGE_FILE,
+        evaluate_model,
+        format_metrics,
+        write_metrics,
+    )
 
     dataset = load_dataset(args.dataset, args.split)
-    model, config, weights = _load_model(args)
+    predictor, config, weights = _load_predictor(args, batch_size=args.batch_size)
     if weights.is_dir():
         out = args.out or weights / f"eval_{args.split}"
     else:
@@ -317,15 +322,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     source = args.preset or args.config or "the checkpoint's config.yaml"
     print(f"config:  {source} (preset {config.preset}, {config.model.backbone} backbone)")
     print(f"data:    {dataset.annotation_file}, {count} of {len(dataset)} images")
-    metrics = evaluate_model(
-        model,
-        dataset,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        overlays=args.overlays,
-        out=out,
-        mask_threshold=config.serve.mask_threshold,
-    )
+    metrics = evaluate_model(predictor, dataset, limit=args.limit, overlays=args.overlays, out=out)
     print(format_metrics(metrics))
     print(f"metrics: {write_metrics(metrics, out)}")
     if args.overlays > 0:
@@ -335,16 +332,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import json
 
-    from handray.predict import check_inputs, format_predictions, predict_files
+    from handray.inference.predict import check_inputs, format_predictions, predict_files
 
     check_inputs(args.images, args.overlay)
-    model, config, _ = _load_model(args)
+    predictor, _, _ = _load_predictor(args)
     records = predict_files(
-        model,
-        args.images,
-        overlay_dir=args.overlay,
-        min_score=args.min_score,
-        mask_threshold=config.serve.mask_threshold,
+        predictor, args.images, overlay_dir=args.overlay, min_score=args.min_score
     )
     if args.json:
         print(json.dumps(records))
@@ -355,7 +348,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from handray.export import check_target, export_model
+    from handray.inference.export import check_target, export_model
 
     check_target(args.out, args.overwrite)
     model, config, weights = _load_model(args)
@@ -371,7 +364,7 @@ def _export(args: argparse.Namespace) -> None:
 def _load_model(args: argparse.Namespace):
     """The model, config and weights path that `_add_weights` options name."""
     from handray.config import parse_overrides
-    from handray.train.checkpoint import DEFAULT_STORAGE, load_trained_model
+    from handray.inference.checkpoints import DEFAULT_STORAGE, load_trained_model
 
     return load_trained_model(
         args.weights,
@@ -379,6 +372,15 @@ def _load_model(args: argparse.Namespace):
         parse_overrides(args.overrides),
         storage=args.storage or DEFAULT_STORAGE,
     )
+
+
+def _load_predictor(args: argparse.Namespace, batch_size: int = 4):
+    """A `Predictor` for the model `_add_weights` options name, its config and weights path."""
+    from handray.inference.predictor import Predictor
+    from handray.inference.thresholds import Thresholds
+
+    model, config, weights = _load_model(args)
+    return Predictor(model, Thresholds.from_config(config), batch_size), config, weights
 
 
 def _demo(args: argparse.Namespace) -> None:

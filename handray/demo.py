@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from handray.config import load_config, with_overrides
+from handray.config import load_config
 from handray.data.coco import annotation_file, load_dataset
 from handray.data.preview import preview_dataset
 from handray.data.synthetic import generate_dataset
@@ -33,7 +33,6 @@ DEMO_TRAINING = {
     "model.detection_min_confidence": 0.05,
     "data.augment": False,
 }
-SERVE_MIN_SCORE = 0.5  # the export's default threshold (evaluation above uses 0.05)
 TARGET_AP50 = 0.8
 TARGET_AGNOSTIC_AP50 = 0.9
 TARGET_PCK = 0.85  # PCK@0.2 of the hands found
@@ -44,9 +43,16 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     """Run the demo under `out`; returns the paths it made, and prints where they are."""
     import ray
 
-    from handray.evaluate import MONTAGE_FILE, evaluate_model, format_metrics, write_metrics
-    from handray.export import export_model
-    from handray.train.checkpoint import load_trained_model
+    from handray.evaluation.metrics import (
+        MONTAGE_FILE,
+        evaluate_model,
+        format_metrics,
+        write_metrics,
+    )
+    from handray.inference.checkpoints import load_trained_model
+    from handray.inference.export import export_model
+    from handray.inference.predictor import Predictor
+    from handray.inference.thresholds import Thresholds
     from handray.train.resources import WorkerResources
     from handray.train.trainer import run_training
 
@@ -67,17 +73,11 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
 
     model, trained_config, _ = load_trained_model(run.checkpoint)
     evaluation = out / "eval"
-    metrics = evaluate_model(
-        model,
-        load_dataset(data, "val"),
-        overlays=16,
-        out=evaluation,
-        mask_threshold=trained_config.serve.mask_threshold,
-    )
+    predictor = Predictor(model, Thresholds.from_config(trained_config))
+    metrics = evaluate_model(predictor, load_dataset(data, "val"), overlays=16, out=evaluation)
     print(format_metrics(metrics))
     metrics_file = write_metrics(metrics, evaluation)
-    serving = with_overrides(trained_config, {"model.detection_min_confidence": SERVE_MIN_SCORE})
-    export = export_model(model, serving, out / "model", overwrite=True)
+    export = export_model(model, trained_config, out / "model", overwrite=True)
     total = (time.perf_counter() - start) / 60
     mask_ap50 = metrics["segm"]["AP50"] or 0.0
     print(

@@ -157,14 +157,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     import keras
 
     from handray.config import load_config
+    from handray.inference.checkpoints import TrainingState
     from handray.model import build_model
-    from handray.train import checkpoint
+    from handray.train.checkpoint import write_checkpoint
 
     keras.utils.set_random_seed(0)  # the same untrained weights in every run
     config = load_config("tiny")
     directory = tmp_path_factory.mktemp("run") / "checkpoint_000000"
-    return checkpoint.write_checkpoint(
-        directory, build_model(config, jit_compile=False), config, checkpoint.TrainingState()
+    return write_checkpoint(
+        directory, build_model(config, jit_compile=False), config, TrainingState()
     )
 
 
@@ -176,7 +177,7 @@ def tiny_export(tiny_checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("export") / "model"
     args = ["export", "--weights", str(tiny_checkpoint), "--out", str(out)]
-    assert cli.main([*args, "--set", "model.detection_min_confidence=0"]) == 0
+    assert cli.main([*args, "--set", "serve.min_score=0"]) == 0
     return out
 
 

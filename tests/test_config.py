@@ -15,7 +15,7 @@ from handray.config import (
     parse_overrides,
     save_config,
 )
-from handray.errors import ConfigError
+from handray.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from handray.atomic import atomic_write
 from handray.config.messages import config_error
 from handray.config.presets import PRESETS
 from handray.config.retired import drop_retired_keys
 from handray.config.schema import Config, ServeConfig
-from handray.errors import ConfigError
+from handray.core.atomic import atomic_write
+from handray.core.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
 

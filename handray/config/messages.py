@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from handray.errors import ConfigError
+from handray.core.errors import ConfigError
 
 # The strict scalar types' errors, by the type they expected.
 _EXPECTED_SCALAR = {

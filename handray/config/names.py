@@ -18,6 +18,6 @@ LOSS_NAMES = (
     "mrcnn_mask_loss",
     "mrcnn_keypoint_loss",
 )
-# A pasted mask pixel belongs to the hand at this probability, unless a caller says otherwise
-# (`serve.mask_threshold`, `detect(mask_threshold=...)`).
+# A pasted mask pixel belongs to the hand at this probability: `serve.mask_threshold`'s default,
+# which `handray.inference.thresholds` reads for every path.
 MASK_THRESHOLD = 0.5

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from handray.config.names import LAYER_STAGES, LOSS_NAMES, MASK_THRESHOLD
 from handray.config.presets import ANCHOR_SETS
-from handray.errors import ConfigError
+from handray.core.errors import ConfigError
 
 T = TypeVar("T")
 # YAML has lists, not tuples: a tuple field also takes a list; its items stay strictly typed.

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from handray.data.masks import segmentation_counts
-from handray.errors import DatasetError
+from handray.core.errors import DatasetError
+from handray.core.masks import segmentation_counts
 
 
 @dataclass(frozen=True)

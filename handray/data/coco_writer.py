@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from handray.atomic import atomic_write
+from handray.core.atomic import atomic_write
 
 
 class CocoWriter:

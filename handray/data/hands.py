@@ -1,5 +1,5 @@
 """What a hand is in COCO terms: class schemes, and categories and annotations that carry the
-21 RHD-order keypoints (their names and skeleton live in `handray.hand_keypoints`)."""
+21 RHD-order keypoints (their names and skeleton live in `handray.core.hand_keypoints`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from handray.data.masks import encode_mask
-from handray.hand_keypoints import KEYPOINT_NAMES, SKELETON
+from handray.core.hand_keypoints import KEYPOINT_NAMES, SKELETON
+from handray.core.masks import encode_mask
 
 CLASS_SCHEMES: dict[str, tuple[str, ...]] = {
     "left-right": ("left_hand", "right_hand"),

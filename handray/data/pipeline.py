@@ -29,9 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 from handray.config import Config
+from handray.core.errors import DatasetError
+from handray.core.geometry import pixel_centre_boxes, resize_scale, resized_shape
 from handray.data.coco import CocoDataset
-from handray.errors import DatasetError
-from handray.geometry import pixel_centre_boxes, resize_scale, resized_shape
 
 log = logging.getLogger(__name__)
 

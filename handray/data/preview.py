@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from handray.core.hand_keypoints import KEYPOINT_NAMES
+from handray.core.images import read_image
+from handray.core.masks import decode_counts
+from handray.core.visualize import draw_instances, save_montage
 from handray.data.coco import CocoDataset
-from handray.data.masks import decode_counts
-from handray.hand_keypoints import KEYPOINT_NAMES
-from handray.images import read_image
-from handray.visualize import draw_instances, save_montage
 
 
 def preview_dataset(

@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from handray.core.errors import DatasetError
+from handray.core.parallel import process_map
 from handray.data.coco_writer import CocoWriter
 from handray.data.hands import (
     CLASS_SCHEMES,
@@ -35,8 +37,6 @@ from handray.data.hands import (
     hand_annotation,
     hand_categories,
 )
-from handray.errors import DatasetError
-from handray.parallel import process_map
 
 SPLITS = {"train": "training", "val": "evaluation"}  # output split -> RHD folder
 NUM_KEYPOINTS = 21

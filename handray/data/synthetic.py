@@ -18,14 +18,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from handray.atomic import atomic_directory
+from handray.core.atomic import atomic_directory
+from handray.core.errors import DatasetError
+from handray.core.parallel import process_map
 from handray.data.coco_writer import CocoWriter
 from handray.data.hand_paint import VIEWS
 from handray.data.hand_plan import BACK_CHANCE
 from handray.data.hands import hand_categories
 from handray.data.scene import SCHEME, render_sample
-from handray.errors import DatasetError
-from handray.parallel import process_map
 
 GENERATOR = "handray.data.synthetic/2"
 MIN_SIZE, MAX_SIZE = 32, 4096

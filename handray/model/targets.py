@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from handray.geometry import pixel_centre_boxes
 from handray.model.boxes import box_iou, encode_boxes
-from handray.model.keypoints import heatmap_targets
-from handray.model.roi_align import crop_and_resize
 from handray.model.sampling import sample_indices, sample_mask
 
 ROI_POSITIVE_IOU = 0.5
@@ -76,17 +73,14 @@ def rpn_targets(
 
 @dataclass
 class RoiTargets:
-    """Sampled ROIs [B, T, 4] with their targets; the first `positive_slots` hold positives,
-    and the first `mask_slots` of those have mask targets."""
+    """Sampled ROIs [B, T, 4] for the heads; the first `positive_slots` hold positives, and the
+    first `mask_slots` of those are the ones the ROI heads (mask, keypoints, ...) train on."""
 
     rois: tf.Tensor
     valid: tf.Tensor  # [B, T] a real ROI (positive or negative)
     positive: tf.Tensor  # [B, T]
     class_ids: tf.Tensor  # [B, T] 0 for negatives
-    deltas: tf.Tensor  # [B, T, 4] box targets (zero except positives)
-    masks: tf.Tensor  # [B, mask_slots, h, w] mask targets of the first positive slots
-    keypoints: tf.Tensor  # [B, mask_slots, K] heatmap cell of each keypoint (model/keypoints.py)
-    keypoint_counts: tf.Tensor  # [B, mask_slots, K] labelled and inside the ROI
+    gt_index: tf.Tensor  # [B, T] the hand a positive matched (0 for negatives)
     positive_slots: int
     mask_slots: int
 
@@ -97,18 +91,12 @@ def detection_targets(
     gt_boxes: tf.Tensor,
     gt_class_ids: tf.Tensor,
     gt_crowd: tf.Tensor,
-    gt_masks: tf.Tensor,
     *,
     rois_per_image: int,
     positive_ratio: float,
-    std_dev: tf.Tensor,
-    mask_shape: tuple[int, int],
-    mini_mask: bool,
     positive_jitter: int = 0,
     hard_negative_fraction: float = 0.0,
     mask_rois: int = 0,
-    gt_keypoints: tf.Tensor | None = None,
-    heatmap_size: int = 1,
 ) -> RoiTargets:
     """Sample ROIs for the heads from proposals plus the ground-truth boxes themselves.
 
@@ -118,9 +106,8 @@ def detection_targets(
     heads their share of positives from the first step on, before the RPN proposes hands.
     `hard_negative_fraction` of the negative slots go to the negatives the RPN ranks highest
     (proposals arrive best first): the faces and forearms the classifier must learn to reject.
-    `mask_rois` (0: all positive slots) bounds the positives given mask targets; the same ROIs
-    get keypoint targets on a heatmap_size grid when `gt_keypoints` [B, M, K, 3] (x, y, v, in
-    the boxes' coordinates) are given.
+    `mask_rois` (0: all positive slots) bounds the positives the ROI heads train on. Each head
+    computes its own targets from the positives and the hands they matched (`gt_index`).
     """
     real, crowd = real_and_crowd(gt_class_ids, gt_crowd)
     jittered = [jitter_boxes(gt_boxes) for _ in range(positive_jitter)]
@@ -143,34 +130,13 @@ def detection_targets(
     pos_gt = tf.gather(best_gt, pos_index, batch_dims=1)
     pos_float = tf.cast(pos_valid, tf.float32)[..., None]
     neg_float = tf.cast(neg_valid, tf.float32)[..., None]
-
-    matched_boxes = tf.gather(gt_boxes, pos_gt, batch_dims=1)
-    pos_deltas = encode_boxes(pos_rois, matched_boxes, std_dev) * pos_float
     pos_classes = tf.where(pos_valid, tf.gather(gt_class_ids, pos_gt, batch_dims=1), 0)
-    masks = _mask_targets(
-        pos_rois[:, :mask_slots],
-        pos_gt[:, :mask_slots],
-        matched_boxes[:, :mask_slots],
-        gt_masks,
-        mask_shape,
-        mini_mask,
-    )
-    if gt_keypoints is None:
-        gt_keypoints = tf.zeros([tf.shape(gt_boxes)[0], tf.shape(gt_boxes)[1], 0, 3])
-    keypoints, keypoint_counts = heatmap_targets(
-        pos_rois[:, :mask_slots],
-        tf.gather(gt_keypoints, pos_gt[:, :mask_slots], batch_dims=1),
-        heatmap_size,
-    )
     return RoiTargets(
         rois=tf.concat([pos_rois * pos_float, neg_rois * neg_float], axis=1),
         valid=tf.concat([pos_valid, neg_valid], axis=1),
         positive=tf.concat([pos_valid, tf.zeros_like(neg_valid)], axis=1),
         class_ids=tf.concat([pos_classes, tf.zeros_like(neg_index)], axis=1),
-        deltas=tf.concat([pos_deltas, tf.zeros([tf.shape(gt_boxes)[0], negatives, 4])], axis=1),
-        masks=masks * pos_float[:, :mask_slots, :, None],
-        keypoints=keypoints,
-        keypoint_counts=keypoint_counts & pos_valid[:, :mask_slots, None],
+        gt_index=tf.concat([tf.where(pos_valid, pos_gt, 0), tf.zeros_like(neg_index)], axis=1),
         positive_slots=positive_slots,
         mask_slots=mask_slots,
     )
@@ -201,29 +167,3 @@ def _sample_negatives(
     )
     rest_index, rest_valid = sample_indices(negative & ~taken, slots - hard_slots)
     return tf.concat([hard_index, rest_index], 1), tf.concat([hard_valid, rest_valid], 1)
-
-
-def _mask_targets(
-    rois: tf.Tensor,
-    gt_index: tf.Tensor,
-    gt_boxes: tf.Tensor,
-    gt_masks: tf.Tensor,
-    mask_shape: tuple[int, int],
-    mini_mask: bool,
-) -> tf.Tensor:
-    """Each ROI's view of its hand's mask, sampled at mask_shape pixel centres, 0/1 float.
-
-    A mini-mask covers its ground-truth box, a full mask the whole padded image; either way the
-    ROI is expressed in the mask's own pixel grid before sampling.
-    """
-    batch, slots = tf.shape(rois)[0], tf.shape(rois)[1]
-    mask_h, mask_w = gt_masks.shape[2], gt_masks.shape[3]
-    frame = gt_boxes if mini_mask else tf.constant([0.0, 0.0, 1.0, 1.0])
-    boxes = pixel_centre_boxes(rois, frame, (mask_h, mask_w), mask_shape)
-    slots_per_image = tf.shape(gt_masks)[1]
-    flat_masks = tf.reshape(tf.cast(gt_masks, tf.float32), [-1, mask_h, mask_w, 1])
-    box_indices = tf.range(batch)[:, None] * slots_per_image + gt_index
-    crops = crop_and_resize(
-        flat_masks, tf.reshape(boxes, [-1, 4]), tf.reshape(box_indices, [-1]), mask_shape
-    )
-    return tf.round(tf.reshape(crops, [batch, slots, *mask_shape]))

@@ -27,9 +27,9 @@ import h5py
 import keras
 import numpy as np
 
-import handray
-from handray.atomic import atomic_write
-from handray.errors import HandrayError
+from handray.core.atomic import atomic_write
+from handray.core.errors import HandrayError
+from handray.core.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,13 @@ def load_weights(
     return _load(model, Path(path), exclude, rename=None)
 
 
+def layer_names_in(path: str | os.PathLike) -> list[str]:
+    """The layer names a Keras-2-layout `.h5` file holds weights for (errors as `load_weights`)."""
+    path = Path(path)
+    with _open(path) as f:
+        return _attr_list(_weights_root(f, path), "layer_names")
+
+
 def load_imagenet_weights(model: keras.Model, path: str | os.PathLike | None = None) -> LoadReport:
     """Load a Keras Applications ResNet file (default: the cached download for the model's
     backbone) onto the backbone, renaming its layers to matterport's.
@@ -115,7 +122,7 @@ def save_weights(model: keras.Model, path: str | os.PathLike) -> None:
         f.attrs["layer_names"] = np.array([n.encode() for n in names])
         f.attrs["backend"] = "tensorflow"
         f.attrs["keras_version"] = keras.__version__
-        f.attrs["handray_version"] = handray.__version__
+        f.attrs["handray_version"] = VERSION
         for layer in layers:
             group = f.create_group(layer.name)
             weight_names = [f"{layer.name}/{v.name}:0" for v in layer.weights]

@@ -30,19 +30,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from handray.config import ServeConfig, updated_serve_config
-from handray.errors import HandrayError
+from handray.core.detections import Detections, image_rows
+from handray.core.errors import HandrayError
+from handray.core.exported import ExportedModel, bmp_bytes, export_path
+from handray.core.records import MASK_FORMATS, detection_records
 from handray.serve.batching import Batcher
-from handray.serve.codec import (
-    MASK_FORMATS,
-    RequestError,
-    UploadLimits,
-    decode_upload,
-    prediction_records,
-    to_model_bytes,
-    too_large,
-)
+from handray.serve.codec import RequestError, UploadLimits, decode_upload, too_large
 from handray.serve.metrics import IngressMetrics, ModelMetrics
-from handray.unpad import image_detections
 
 logger = logging.getLogger("ray.serve")
 PAGE_FILE = Path(__file__).with_name("page.html")  # the page people try the model in
@@ -61,29 +55,6 @@ class Job:
     min_score: float | None
 
 
-def load_export(model_dir: str | Path):
-    """The SavedModel of `handray export`, with a clear error when the folder is not one."""
-    import tensorflow as tf
-
-    path = export_path(model_dir)
-    loaded = tf.saved_model.load(str(path))
-    if "metadata" not in loaded.signatures:
-        raise HandrayError(f"model_dir {path}: a SavedModel, but not one `handray export` wrote")
-    return loaded
-
-
-def export_path(model_dir: str | Path) -> Path:
-    """The absolute export folder, refused when it holds no SavedModel."""
-    path = Path(model_dir).expanduser().resolve()
-    if not (path / "saved_model.pb").is_file():
-        raise HandrayError(
-            f"model_dir {path}: no SavedModel there; create one with `handray export "
-            "--weights CKPT --out DIR` (`make demo` writes runs/demo/model) and point "
-            "serve_config.yaml's model_dir at it"
-        )
-    return path
-
-
 @serve.deployment(name="HandModel", max_ongoing_requests=64)
 class HandModel:
     """A replica holding one loaded export; concurrent requests are run as one batch."""
@@ -92,15 +63,10 @@ class HandModel:
         import tensorflow as tf
 
         self._tf = tf
-        self._loaded = load_export(model_dir)
-        meta = {k: v.numpy() for k, v in self._loaded.signatures["metadata"]().items()}
-        self.info = {
-            "name": meta["name"].decode(),
-            "version": meta["version"].decode(),
-            "class_names": [name.decode() for name in meta["class_names"]],
-        }
+        self._exported = ExportedModel(model_dir)
+        self.info = self._exported.describe()
         self.settings = ServeConfig(
-            min_score=float(meta["min_score"]), mask_threshold=float(meta["mask_threshold"])
+            min_score=self._exported.min_score, mask_threshold=self._exported.mask_threshold
         )
         self.batch_sizes: Counter[int] = Counter()
         self._metrics = ModelMetrics()
@@ -128,7 +94,7 @@ class HandModel:
         grow as their sizes become ready. A replacement replica thus serves within seconds of
         loading instead of after `max_batch_size` warm-up runs."""
         if self._warm == 0:
-            self._run([Job(to_model_bytes(_PROBE_IMAGE), None)])
+            self._run([Job(bmp_bytes(_PROBE_IMAGE), None)])
             self._warm = 1
         self._batcher.max_batch_size = min(self._warm, self.settings.max_batch_size)
         with self._warm_lock:
@@ -137,7 +103,7 @@ class HandModel:
                 self._warming.start()
 
     def _warm_larger(self) -> None:
-        probe = Job(to_model_bytes(_PROBE_IMAGE), None)
+        probe = Job(bmp_bytes(_PROBE_IMAGE), None)
         while True:
             with self._warm_lock:
                 size = self._warm + 1
@@ -154,11 +120,11 @@ class HandModel:
             self._warm = size
             self._batcher.max_batch_size = min(size, self.settings.max_batch_size)
 
-    async def predict(self, image: bytes, min_score: float | None = None) -> dict[str, Any]:
+    async def predict(self, image: bytes, min_score: float | None = None) -> Detections | str:
         """One image's detections (see `_run`); requests arriving together share a batch."""
         return await self._batcher.submit(Job(image, min_score))
 
-    async def _run_batch(self, jobs: list[Job]) -> list[dict[str, Any]]:
+    async def _run_batch(self, jobs: list[Job]) -> list[Detections | str]:
         self.batch_sizes[len(jobs)] += 1
         started = time.perf_counter()
         # In a thread, so the replica keeps accepting requests (the next batch) meanwhile.
@@ -167,38 +133,34 @@ class HandModel:
         self._metrics.batch_ms.observe((time.perf_counter() - started) * 1e3)
         return results
 
-    def _run(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        """Detections per job: rois, class_ids, scores, masks [N, H, W] bool, or `error`."""
+    def _run(self, jobs: list[Job]) -> list[Detections | str]:
+        """`Detections` per job, or the message of why its image could not be run."""
         tf = self._tf
+        thresholds = [self.settings.min_score if j.min_score is None else j.min_score for j in jobs]
         try:
-            outputs = self._call([job.image for job in jobs], jobs)
+            # One run at the jobs' lowest threshold; each job then keeps its own.
+            outputs = self._exported.run(
+                [job.image for job in jobs], min(thresholds), self.settings.mask_threshold
+            )
         except tf.errors.InvalidArgumentError:
             if len(jobs) == 1:
-                return [{"error": "the model could not decode this image"}]
+                return ["the model could not decode this image"]
             # One bad image must fail only its own request.
             return [self._run([job])[0] for job in jobs]
         except Exception as err:
             self._failure = f"{type(err).__name__}: {err}"
             raise
         self._last_success, self._failure = time.monotonic(), None
-        return [_unpad(outputs, index) for index in range(len(jobs))]
-
-    def _call(self, images: list[bytes], jobs: list[Job]) -> dict[str, np.ndarray]:
-        tf = self._tf
-        thresholds = [self.settings.min_score if j.min_score is None else j.min_score for j in jobs]
-        out = self._loaded.signatures["serving_thresholds"](
-            images=tf.constant(images),
-            min_score=tf.constant(min(thresholds), tf.float32),
-            mask_threshold=tf.constant(self.settings.mask_threshold, tf.float32),
-        )
-        out = {key: value.numpy() for key, value in out.items()}
-        out["min_scores"] = np.array(thresholds, np.float32)
-        return out
+        names = self._exported.class_names
+        return [
+            Detections.from_rows(image_rows(outputs, index), names).at_least(score)
+            for index, score in enumerate(thresholds)
+        ]
 
     def check_health(self) -> None:
         """Fail (so Serve replaces this replica) when the model cannot run."""
         if self._failure is not None or time.monotonic() - self._last_success > PROBE_AFTER_S:
-            self._run([Job(to_model_bytes(_PROBE_IMAGE), None)])
+            self._run([Job(bmp_bytes(_PROBE_IMAGE), None)])
 
     def describe(self) -> dict[str, Any]:
         """Name, version, classes, live settings, the batch sizes run so far and this replica's
@@ -213,21 +175,6 @@ class HandModel:
             "warm_batch_size": self._warm,  # batches grow to max_batch_size as sizes warm up
             "replica": replica,
         }
-
-
-def _unpad(out: dict[str, np.ndarray], index: int) -> dict[str, Any]:
-    """Image `index` of a batch output, cut to its own detections, size and score threshold
-    (the batch ran at its requests' lowest threshold)."""
-    height, width = (int(v) for v in out["image_sizes"][index])
-    keep = out["scores"][index, : out["num_detections"][index]] >= out["min_scores"][index]
-    count = int(keep.sum())  # detections are sorted by score, so the kept ones come first
-    detections = image_detections(out, index, count)
-    return {
-        **detections,
-        "masks": detections["masks"].astype(bool),
-        "height": height,
-        "width": width,
-    }
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=128)
@@ -298,14 +245,14 @@ class Ingress:
         upload = await self._upload(request)
         pixels = await asyncio.to_thread(decode_upload, upload, self._limits)
         decoded = time.perf_counter()
-        result = await self._ask_model("predict", to_model_bytes(pixels), min_score)
-        if "error" in result:
-            raise RequestError(400, "corrupt_image", result["error"])
+        detections = await self._ask_model("predict", bmp_bytes(pixels), min_score)
+        if isinstance(detections, str):
+            raise RequestError(400, "corrupt_image", detections)
         predicted = time.perf_counter()
+        height, width = detections.image_size
         info = await self._model_info()
-        predictions = await asyncio.to_thread(
-            prediction_records, result, info["class_names"], mask_format, keypoints
-        )
+        leave_out = () if keypoints else ("keypoints",)
+        predictions = await asyncio.to_thread(detection_records, detections, mask_format, leave_out)
         finished = time.perf_counter()
         timing = _milliseconds(
             receive=decoded - started, model=predicted - decoded, total=finished - started
@@ -316,7 +263,7 @@ class Ingress:
             {
                 "success": True,
                 "predictions": predictions,
-                "image": {"width": result["width"], "height": result["height"]},
+                "image": {"width": width, "height": height},
                 "model": {"name": info["name"], "version": info["version"]},
                 "timing_ms": timing,
             },

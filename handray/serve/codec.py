@@ -1,4 +1,5 @@
-"""What crosses the HTTP boundary: uploaded bytes into safe RGB pixels, detections into JSON.
+"""What crosses the HTTP boundary on the way in: uploaded bytes into safe RGB pixels (replies are
+built by `handray.core.records`).
 
 Every way an upload can be wrong becomes a `RequestError` with the HTTP status and a stable
 error code, so the server answers the client instead of failing: 400 for data that is not a
@@ -7,7 +8,6 @@ readable image, 413 for too many bytes or pixels, 415 for a body that is not an 
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from handray.data.masks import encode_mask
-from handray.errors import HandrayError
-from handray.images import rgb_pixels
-
-MASK_FORMATS = ("png", "rle", "none")
+from handray.core.errors import HandrayError
+from handray.core.images import rgb_pixels
 
 
 class RequestError(HandrayError):
@@ -99,61 +96,3 @@ def too_large(size: int, limits: UploadLimits) -> RequestError:
         "request_too_large",
         f"the request has {size} bytes or more, over the limit of {limits.max_request_bytes}",
     )
-
-
-def to_model_bytes(pixels: np.ndarray) -> bytes:
-    """Pixels as an uncompressed BMP: lossless, and nearly free to encode and decode, so the
-    export's in-graph decoder sees exactly the pixels that were checked here."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="BMP")
-    return buffer.getvalue()
-
-
-def prediction_records(
-    detection: dict[str, np.ndarray],
-    class_names: list[str],
-    mask_format: str,
-    keypoints: bool = True,
-) -> list[dict[str, Any]]:
-    """JSON predictions: the old reply's `roi`, `class_id`, `class_name`, `score`, `mask` (base64
-    PNG, 0/255, image-sized), plus COCO `bbox` [x, y, w, h] and, when the model gives them and
-    `keypoints` is on, `keypoints` [[x, y, score], ...] in the image's pixels; `mask_format`
-    picks the mask."""
-    records = []
-    points = detection.get("keypoints")
-    with_points = keypoints and points is not None and points.shape[1] > 0
-    for index, (roi, class_id, score, mask) in enumerate(
-        zip(
-            detection["rois"],
-            detection["class_ids"],
-            detection["scores"],
-            detection["masks"],
-            strict=True,
-        )
-    ):
-        y1, x1, y2, x2 = (round(float(v), 2) for v in roi)
-        record = {
-            "roi": [y1, x1, y2, x2],
-            "class_id": int(class_id),
-            "class_name": class_names[int(class_id)],
-            "score": round(float(score), 5),
-            "mask": _encode(mask, mask_format),
-            "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-        }
-        if with_points:
-            record["keypoints"] = [
-                [round(float(x), 2), round(float(y), 2), round(float(s), 5)]
-                for x, y, s in points[index]
-            ]
-        records.append(record)
-    return records
-
-
-def _encode(mask: np.ndarray, mask_format: str) -> Any:
-    if mask_format == "png":
-        buffer = io.BytesIO()
-        Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
-    if mask_format == "rle":
-        return encode_mask(mask)["segmentation"]
-    return None

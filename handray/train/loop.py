@@ -24,9 +24,15 @@ import keras
 import tensorflow as tf
 
 from handray.config import Config, TrainConfig, with_overrides
+from handray.core.errors import HandrayError
 from handray.data.coco import CocoDataset, load_dataset
 from handray.data.pipeline import build_dataset
-from handray.errors import HandrayError
+from handray.inference.checkpoints import (
+    WEIGHTS_FILE,
+    TrainingState,
+    read_state,
+    resolve_checkpoint,
+)
 from handray.model import build_model
 from handray.model.maskrcnn import MaskRCNN
 from handray.model.weights import (
@@ -36,14 +42,7 @@ from handray.model.weights import (
     load_imagenet_weights,
     load_weights,
 )
-from handray.train.checkpoint import (
-    WEIGHTS_FILE,
-    TrainingState,
-    read_state,
-    resolve_checkpoint,
-    restore_optimizer,
-    write_checkpoint,
-)
+from handray.train.checkpoint import restore_optimizer, write_checkpoint
 from handray.train.step import make_train_step, recipe_losses
 
 Report = Callable[[dict[str, float], Path | None], None]
@@ -196,6 +195,7 @@ class _Epochs:
     def __init__(self, config, model, optimizer, train_set, val_set, context, state):
         self.run_config, self.model, self.optimizer = config, model, optimizer
         self.context, self.state, self.val_set = context, state, val_set
+        self._predictor = None  # built at the first validation AP
         strategy = context.strategy
         self.global_batch = config.train.images_per_worker * strategy.num_replicas_in_sync
         # A resumed run shuffles and augments differently from the epochs it already saw.
@@ -303,16 +303,14 @@ class _Epochs:
         return every > 0 and ((epoch + 1) % every == 0 or last)
 
     def _validation_ap(self) -> dict[str, float]:
-        from handray.evaluate import evaluate_model
+        from handray.evaluation.metrics import evaluate_model
+        from handray.inference.predictor import Predictor
+        from handray.inference.thresholds import Thresholds
 
+        if self._predictor is None:  # one, so its post-processing graph is traced once
+            self._predictor = Predictor(self.model, Thresholds.from_config(self.run_config))
         limit = self.run_config.train.eval_images
-        metrics = evaluate_model(
-            self.model,
-            self.val_set,
-            limit=limit,
-            progress=False,
-            mask_threshold=self.run_config.serve.mask_threshold,
-        )
+        metrics = evaluate_model(self._predictor, self.val_set, limit=limit, progress=False)
         values = {
             "val_mask_ap": metrics["segm"]["AP"],
             "val_mask_ap50": metrics["segm"]["AP50"],

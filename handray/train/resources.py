@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from handray.errors import HandrayError
+from handray.core.errors import HandrayError
 
 if TYPE_CHECKING:
     from ray.train import ScalingConfig

@@ -13,7 +13,7 @@ from typing import Any
 from ray import tune
 
 from handray.config import ANCHOR_SETS, Config, TuneConfig, with_overrides
-from handray.errors import ConfigError
+from handray.core.errors import ConfigError
 
 LEARNING_RATE, ANCHORS = "learning_rate", "anchors"  # sampled values besides tune.extra keys
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from ray import tune
 
-from handray.atomic import atomic_write
 from handray.config import Config
-from handray.errors import HandrayError
-from handray.train.checkpoint import BEST_FILE
+from handray.core.atomic import atomic_write
+from handray.core.errors import HandrayError
+from handray.inference.checkpoints import BEST_FILE
 from handray.train.search_space import sampled_keys
 
 MODES = {"val_mask_ap": "max", "val_loss": "min"}  # tune.metric -> better when higher/lower

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handray.config import LOSS_NAMES, Config, config_from_dict, dump_config
-from handray.data.coco import load_dataset
-from handray.errors import HandrayError
-from handray.train.checkpoint import (
+from handray.config import LOSS_NAMES, Config, config_from_dict
+from handray.core.errors import HandrayError
+from handray.inference.checkpoints import (
     CONFIG_FILE,
     DEFAULT_STORAGE,
     TrainingState,
@@ -32,6 +29,7 @@ from handray.train.checkpoint import (
     newest_run,
     read_state,
 )
+from handray.train.driver import check_inputs, new_name, start_driver
 from handray.train.resources import WorkerResources
 
 TENSORBOARD_DIR = "tensorboard"  # inside the run folder
@@ -94,30 +92,26 @@ def run_training(
     """
     import ray
 
-    from handray.train.loop import start_weights_file
-
-    say = print if verbose else (lambda *a, **k: None)
-    storage = shared_folder(storage, "--storage")
-    dataset_dir = Path(dataset_dir).resolve()
-    resources.check()
-    check_dataset(dataset_dir, resources.workers, config)
+    inputs = check_inputs(config, dataset_dir, resources, storage, "--storage", verbose=verbose)
+    storage, dataset_dir, say = inputs.folder, inputs.dataset_dir, inputs.say
     if weights == "last":
         run = newest_run(storage)
         if run is None:
             raise HandrayError(f"--weights last: no run with checkpoints under {storage}")
         name = name or run.name
-    name = name or f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or new_name(config.preset)
     run_dir = storage / name
     resume = latest_checkpoint(run_dir)
     if resume is not None:
         _check_same_model(config, resume)
         say(f"resuming run {name} from {resume} (epoch {read_state(resume).epoch})")
-    elif weights != "last":
-        start_weights_file(weights, config)  # fail here, not in every worker
-    say(f"config ({config.preset}):\n{dump_config(config)}")
-    say(f"training on {resources.workers} worker(s); run folder {run_dir}")
-
-    start_ray()
+    start_driver(
+        config,
+        weights,
+        say,
+        resuming=resume is not None or weights == "last",
+        plan=f"training on {resources.workers} worker(s); run folder {run_dir}",
+    )
     trainer = build_trainer(
         config,
         dataset_dir,
@@ -139,7 +133,7 @@ def run_training(
     state = read_state(checkpoint)
     curves = None
     if state.history:
-        from handray.plot import plot_history
+        from handray.core.plot import plot_history
 
         curves = plot_history(state.history, run_dir / "loss_curves.png", LOSS_PANELS)
     say(f"finished {state.epoch} epochs ({state.step} steps) of run {name}")
@@ -149,16 +143,6 @@ def run_training(
         say(f"lowest validation loss: {best[0].path}")
     say(f"loss curves: {curves}\nTensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}")
     return TrainingRun(run_dir, checkpoint, state, curves)
-
-
-def start_ray() -> None:
-    """Connect to the running Ray cluster (`RAY_ADDRESS`, or one `ray start` began here) or
-    start a local one; its dashboard is on, as Ray Train's cleanup of a killed run (a trial
-    that Tune stops) asks the state API that the dashboard serves."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=True, log_to_driver=True)
 
 
 def build_trainer(
@@ -263,31 +247,6 @@ def _worker_environment(resources: WorkerResources) -> dict[str, str]:
         # pycocotools' silenced summaries.
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
-
-
-def shared_folder(folder: str | os.PathLike, option: str) -> Path:
-    """`folder` as an absolute local path, refusing object-store URIs up front."""
-    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:/", str(folder)):  # s3://, gs://, also as a Path
-        raise HandrayError(
-            f"{option} {folder}: give a folder every node reaches at the same path (local "
-            "disk on one machine, an NFS/EFS mount on a cluster); object-store URIs are not "
-            "supported, as handray reads its checkpoints back as files"
-        )
-    return Path(folder).expanduser().resolve()
-
-
-def check_dataset(dataset_dir: Path, workers: int, config: Config) -> None:
-    """Fail on the driver, not after every worker's restarts, when the data cannot be used."""
-    from handray.data.pipeline import check_classes
-
-    for split in ("train", "val"):
-        dataset = load_dataset(dataset_dir, split)
-        check_classes(dataset, config)
-        if len(dataset) < workers:
-            raise HandrayError(
-                f"{dataset.annotation_file}: {len(dataset)} image(s) cannot be shared by "
-                f"{workers} workers; use fewer --workers or a larger {split} split"
-            )
 
 
 def _check_same_model(config: Config, checkpoint: Path) -> None:

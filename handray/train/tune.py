@@ -20,7 +20,6 @@ the trials that had not ended, each from its own newest checkpoint.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from handray.config import (
-    Config,
-    TuneConfig,
-    config_from_dict,
-    dump_config,
-    load_config,
-    save_config,
-)
-from handray.errors import HandrayError
-from handray.train.checkpoint import CONFIG_FILE, DEFAULT_TUNE_OUT
+from handray.config import Config, TuneConfig, config_from_dict, load_config, save_config
+from handray.core.errors import HandrayError
+from handray.inference.checkpoints import CONFIG_FILE, DEFAULT_TUNE_OUT
+from handray.train.driver import check_inputs, new_name, start_driver
 from handray.train.resources import WorkerResources
 from handray.train.search_space import check_search_space, search_space, trial_config
 from handray.train.sweep_report import MODES, Sweep, TrialProgress, finish_sweep
-from handray.train.trainer import build_trainer, check_dataset, shared_folder, start_ray
+from handray.train.trainer import build_trainer
 
 DRIVER_CPUS = 0.25  # a trial's Tune function: it only waits on its Train run
 RUNS_DIR = "runs"  # the trials' Train runs, inside the sweep folder
@@ -67,21 +60,13 @@ def run_tune(
     `resources` are each trial's workers. `resume` continues the sweep `name`, or without a
     name the newest sweep under `out`; a sweep of an existing `name` resumes without it too.
     """
-    from handray.train.loop import start_weights_file
-
-    say = print if verbose else (lambda *a, **k: None)
-    out = shared_folder(out, "--out")
-    dataset_dir = Path(dataset_dir).resolve()
-    resources.check()
-    check_dataset(dataset_dir, resources.workers, config)
+    inputs = check_inputs(config, dataset_dir, resources, out, "--out", verbose=verbose)
+    out, dataset_dir, say = inputs.folder, inputs.dataset_dir, inputs.say
     check_search_space(config)
     sweep_dir, resuming = _sweep_folder(out, name, resume, config.preset)
     if resuming:
         _check_same_config(config, sweep_dir)
-    else:
-        start_weights_file(weights, config)  # fail here, not in every trial
-    say(f"config ({config.preset}):\n{dump_config(config)}")
-    start_ray()
+    start_driver(config, weights, say, resuming=resuming)
     concurrency = concurrent_trials(config.tune, ray.cluster_resources(), resources)
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -194,7 +179,7 @@ def _sweep_folder(out: Path, name: str | None, resume: bool, preset: str) -> tup
             raise HandrayError(f"--resume: no sweep to resume under {out}")
         sweep_dir = max(sweeps, key=lambda p: p.stat().st_mtime)
     else:
-        sweep_dir = out / (name or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        sweep_dir = out / (name or new_name(preset))
     resuming = tune.Tuner.can_restore(str(sweep_dir))
     if resume and not resuming:
         raise HandrayError(f"--resume: {sweep_dir} holds no sweep to resume")

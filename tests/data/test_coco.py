@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from handray.core.errors import DatasetError
+from handray.core.hand_keypoints import KEYPOINT_NAMES, SKELETON
+from handray.core.masks import decode_counts
 from handray.data.coco import load_dataset
 from handray.data.hands import hand_categories
-from handray.data.masks import decode_counts
-from handray.errors import DatasetError
-from handray.hand_keypoints import KEYPOINT_NAMES, SKELETON
 from tests.conftest import random_keypoints, rectangle_mask, write_dataset
 
 

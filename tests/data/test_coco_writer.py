@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from handray.core.masks import encode_mask
 from handray.data.coco_writer import CocoWriter
-from handray.data.masks import encode_mask
 
 
 def test_writer_assigns_integer_ids_and_pycocotools_loads_the_file(tmp_path):

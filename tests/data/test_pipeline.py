@@ -3,12 +3,12 @@ import pytest
 import tensorflow as tf
 
 from handray.config import load_config
+from handray.core.errors import DatasetError
+from handray.core.geometry import boxes_to_original, boxes_to_padded, resize_and_pad, resize_scale
+from handray.core.masks import decode_counts
 from handray.data.coco import load_dataset
 from handray.data.hands import hand_categories
-from handray.data.masks import decode_counts
 from handray.data.pipeline import build_dataset, check_classes, decode_masks, flip_class_map
-from handray.errors import DatasetError
-from handray.geometry import boxes_to_original, boxes_to_padded, resize_and_pad, resize_scale
 from tests.conftest import random_keypoints, rectangle_mask, write_dataset
 
 NO_PHOTOMETRIC = {

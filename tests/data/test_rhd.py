@@ -13,8 +13,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from handray.core.errors import DatasetError
 from handray.data.rhd import convert_rhd
-from handray.errors import DatasetError
 
 # pycocotools' decode trips numpy 2's __array__ copy warning; not this module's concern.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -14,12 +14,12 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from handray.core.errors import DatasetError
 from handray.data import scene, synthetic
 from handray.data.hand_paint import SKIN, draw_hand, skin_distance, skin_tone
 from handray.data.hand_shape import place, sample_pose
 from handray.data.scene import render_sample, single_hand
 from handray.data.synthetic import SynthSummary, generate_dataset
-from handray.errors import DatasetError
 
 SIZE = 96
 WRIST, THUMB_MCP, THUMB_CMC, INDEX_MCP, LITTLE_MCP = 0, 3, 4, 8, 20

@@ -42,10 +42,7 @@ def test_head_accuracies_and_positive_ratio_count_the_right_rois():
         valid=valid,
         positive=positive,
         class_ids=class_ids,
-        deltas=tf.zeros([1, 6, 4]),
-        masks=tf.zeros([1, 1, 2, 2]),
-        keypoints=tf.zeros([1, 1, 21], tf.int32),
-        keypoint_counts=tf.zeros([1, 1, 21], tf.bool),
+        gt_index=tf.zeros([1, 6], tf.int32),
         positive_slots=3,
         mask_slots=1,
     )

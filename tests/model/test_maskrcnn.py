@@ -1,4 +1,5 @@
-"""The assembled model on the `tiny` preset with random weights."""
+"""The assembled model on the `tiny` preset with random weights (its detections on images:
+tests/inference/test_predictor.py)."""
 
 import keras
 import numpy as np
@@ -17,48 +18,6 @@ from handray.train.step import make_train_step
 @pytest.fixture(scope="module")
 def model() -> MaskRCNN:
     return build_model(load_config("tiny"), jit_compile=False)
-
-
-def test_detect_maps_boxes_and_masks_back_to_original_pixels(model, monkeypatch):
-    """Non-square images of different sizes in one batch: a box drawn at known original pixels
-    in the padded square comes back on exactly those pixels, with its mask filling it."""
-    images = [np.zeros((100, 150, 3), np.uint8), np.zeros((60, 40, 3), np.uint8)]
-    truth = np.array([[10.0, 20.0, 40.0, 61.0], [5.0, 3.0, 59.0, 17.0]], np.float32)
-    size = model.image_size
-
-    def fake_predict(padded, windows, min_score):
-        scale = tf.cast(windows[:, 2:], tf.float32) / np.array([[100, 150], [60, 40]], np.float32)
-        boxes = truth * tf.tile(scale, [1, 2]) / size  # original -> padded, normalised
-        return {
-            "boxes": boxes[:, None, :],
-            "class_ids": tf.constant([[1], [2]]),
-            "scores": tf.constant([[0.9], [0.8]]),
-            "valid": tf.constant([[True], [True]]),
-            "masks": tf.ones([2, 1, 28, 28]),
-        }
-
-    monkeypatch.setattr(model, "predict_padded", fake_predict)
-    results = model.detect(images)
-    for result, image, box in zip(results, images, truth, strict=True):
-        np.testing.assert_allclose(result["rois"][0], box, atol=1e-3)
-        y1, x1, y2, x2 = box.astype(int)
-        expected = np.zeros(image.shape[:2], bool)
-        expected[y1:y2, x1:x2] = True
-        assert result["masks"].shape == (1, *image.shape[:2])
-        np.testing.assert_array_equal(result["masks"][0], expected)
-    assert [r["class_ids"].tolist() for r in results] == [[1], [2]]
-
-
-def test_detect_output_types_on_real_inference(model):
-    results = model.detect([np.full((70, 90, 3), 128, np.uint8)])
-    (result,) = results
-    count = len(result["scores"])
-    assert result["rois"].shape == (count, 4)
-    assert result["masks"].shape == (count, 70, 90) and result["masks"].dtype == bool
-    assert count <= load_config("tiny").model.detection_max_instances
-    assert model.detect([]) == []
-    with pytest.raises(ValueError, match=r"image 1 has shape \(5, 5\); detect takes RGB"):
-        model.detect([np.zeros((5, 5, 3), np.uint8), np.zeros((5, 5), np.uint8)])
 
 
 @pytest.mark.slow  # an XLA compile
@@ -82,19 +41,6 @@ def test_model_gives_its_five_losses_and_the_diagnostics_and_no_recipe_terms(mod
     batch = next(iter(build_dataset(load_dataset(small_dataset), config, training=True)))
     values = model.train_step_losses(batch, mini_masks=config.data.use_mini_mask)
     assert set(values) == {*LOSS_NAMES, *DIAGNOSTIC_NAMES}
-
-
-def test_a_lower_min_score_only_adds_detections_below_the_higher_one(model):
-    """Thresholds are call arguments of one model: the detections at 0.5 are exactly the
-    prefix of those at 0 that score 0.5 or more."""
-    image = np.random.default_rng(3).integers(0, 255, (90, 110, 3), np.uint8)
-    (everything,) = model.detect([image], min_score=0.0)
-    threshold = float(np.median(everything["scores"]))
-    (some,) = model.detect([image], min_score=threshold)
-    kept = everything["scores"] >= threshold
-    assert 0 < kept.sum() < len(kept)
-    for key in ("rois", "class_ids", "scores", "masks"):
-        np.testing.assert_array_equal(some[key], everything[key][kept], key)
 
 
 def test_trainable_selection_by_stage_and_regex():

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from handray.model.anchors import generate_anchors
 from handray.model.boxes import box_iou, encode_boxes
-from handray.model.targets import detection_targets, jitter_boxes, rpn_targets
+from handray.model.targets import RoiTargets, detection_targets, jitter_boxes, rpn_targets
 
 STD = tf.constant([0.1, 0.1, 0.2, 0.2])
 HAND = [0.10, 0.10, 0.30, 0.30]
@@ -101,23 +101,17 @@ def test_rpn_negative_iou_is_configurable():
         assert labels.numpy()[0, 0] == label
 
 
-def roi_targets(proposals, boxes, classes, crowd, masks=None, rois=8, ratio=0.25, **options):
+def roi_targets(proposals, boxes, classes, crowd, rois=8, ratio=0.25, **options) -> RoiTargets:
     proposals = tf.constant([proposals], tf.float32)
     valid = tf.reduce_any(proposals != 0, axis=-1)
-    if masks is None:
-        masks = tf.ones([1, 4, 6, 6], tf.uint8)
     return detection_targets(
         proposals,
         valid,
         boxes,
         classes,
         crowd,
-        masks,
         rois_per_image=rois,
         positive_ratio=ratio,
-        std_dev=STD,
-        mask_shape=(4, 4),
-        mini_mask=True,
         **options,
     )
 
@@ -129,8 +123,7 @@ def test_detection_targets_without_ground_truth_are_all_background():
     assert targets.positive_slots == 2
     assert not targets.positive.numpy().any()
     assert targets.valid.numpy().sum() == 3  # every real proposal is a negative
-    assert not targets.class_ids.numpy().any() and not targets.deltas.numpy().any()
-    assert not targets.masks.numpy().any()
+    assert not targets.class_ids.numpy().any() and not targets.gt_index.numpy().any()
 
 
 def test_detection_targets_keep_crowd_overlaps_out_of_the_negatives():
@@ -142,16 +135,15 @@ def test_detection_targets_keep_crowd_overlaps_out_of_the_negatives():
     assert not targets.positive.numpy().any()
 
 
-def test_ground_truth_boxes_become_positives_with_their_class_and_mask():
-    mini = np.zeros((1, 4, 6, 6), np.uint8)
-    mini[0, 0, :, :3] = 1  # the hand's left half
-    boxes, classes, crowd = gt([HAND], [2], [False])
-    targets = roi_targets([[0.0] * 4], boxes, classes, crowd, masks=tf.constant(mini))
-    assert targets.positive.numpy()[0].tolist()[:2] == [True, False]
-    np.testing.assert_allclose(targets.rois[0, 0], HAND)
-    assert targets.class_ids[0, 0] == 2
-    np.testing.assert_allclose(targets.deltas[0, 0], np.zeros(4), atol=1e-6)
-    np.testing.assert_array_equal(targets.masks[0, 0], [[1, 1, 0, 0]] * 4)
+def test_ground_truth_boxes_become_positives_with_their_class_and_hand():
+    """Their box and mask targets: tests/model/heads/test_box.py and test_mask.py."""
+    boxes, classes, crowd = gt([[0.5, 0.5, 0.7, 0.7], HAND], [1, 2], [False, False])
+    targets = roi_targets([[0.0] * 4], boxes, classes, crowd)
+    assert targets.positive.numpy()[0].tolist()[:3] == [True, True, False]
+    hands = targets.gt_index.numpy()[0, :2]
+    assert sorted(hands) == [0, 1]
+    np.testing.assert_allclose(targets.rois.numpy()[0, :2], boxes.numpy()[0, hands])
+    np.testing.assert_array_equal(targets.class_ids.numpy()[0, :2], classes.numpy()[0, hands])
 
 
 def test_more_positives_than_positive_slots_are_capped():
@@ -200,9 +192,9 @@ def test_hard_negatives_are_the_highest_ranked_proposals():
     assert not rest & {tuple(np.round(n, 4)) for n in negatives[:5]}  # never picked twice
 
 
-def test_mask_targets_cover_only_the_first_mask_rois():
+def test_mask_rois_bound_the_slots_the_roi_heads_train_on():
+    """Their mask targets: tests/model/heads/test_mask.py."""
     boxes, classes, crowd = gt([HAND], [1], [False])
     targets = roi_targets([HAND] * 6, boxes, classes, crowd, rois=16, ratio=0.5, mask_rois=2)
     assert targets.positive_slots == 8 and targets.mask_slots == 2
-    assert targets.masks.shape[1] == 2
-    assert targets.masks.numpy().all()  # both hold the all-ones hand mask
+    assert targets.positive.numpy()[0, :2].all()

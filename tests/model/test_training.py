@@ -11,7 +11,9 @@ from handray.config import load_config
 from handray.data.coco import annotation_file, load_dataset
 from handray.data.pipeline import build_dataset
 from handray.data.synthetic import generate_dataset
-from handray.evaluate import coco_evaluate, coco_results, evaluate_model
+from handray.evaluation.metrics import coco_evaluate, coco_results, evaluate_model
+from handray.inference.predictor import Predictor
+from handray.inference.thresholds import Thresholds
 from handray.model import build_model
 from handray.train.loop import make_optimizer
 from handray.train.step import make_train_step
@@ -35,11 +37,13 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
         last = step(next(batches))
     assert float(last["loss"]) < 0.3 * first
 
+    thresholds = Thresholds.from_config(config)
+    predictor = Predictor(model, thresholds)
     results = []
     for record in dataset.images:
         image = np.asarray(Image.open(record.path).convert("RGB"))
-        (detection,) = model.detect([image])
-        results += coco_results(record.image_id, detection, dataset.category_ids)
+        (detections,) = predictor.detect([image], min_score=thresholds.evaluation_min_score)
+        results += coco_results(record.image_id, detections, dataset.category_ids)
     ground_truth = COCO(str(annotation_file(root, "train")))
     image_ids = [r.image_id for r in dataset.images]
     masks = coco_evaluate(ground_truth, results, "segm", image_ids)
@@ -47,7 +51,7 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
     print(f"after {STEPS} steps: mask AP50 {masks['AP50']:.3f}, box AP50 {boxes['AP50']:.3f}")
     assert masks["AP50"] >= 0.9
     # The keypoint head learns the same images' hand poses.
-    pose = evaluate_model(model, dataset, progress=False)["keypoints"]
+    pose = evaluate_model(predictor, dataset, progress=False)["keypoints"]
     print(f"keypoints: PCK@0.2 {pose['pck@0.2']:.3f}, EPE {pose['epe_px']:.2f} px")
     assert pose["hands"] >= 0.9 * sum(len(r.class_ids) for r in dataset.images)
     assert pose["pck@0.2"] >= 0.95
@@ -55,16 +59,17 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
     # The XLA-compiled predict step (whole, or after the backbone as on CPUs by default)
     # finds the same hands as the plain graph.
     images = [np.asarray(Image.open(r.path).convert("RGB")) for r in dataset.images[:4]]
-    expected = model.detect(images)
+    expected = predictor.detect(images)
     for mode in (True, "auto"):
         compiled = build_model(config, jit_compile=mode)
         compiled.set_weights(model.get_weights())
-        for plain, fast in zip(expected, compiled.detect(images), strict=True):
-            np.testing.assert_array_equal(fast["class_ids"], plain["class_ids"])
+        found = Predictor(compiled, thresholds).detect(images)
+        for plain, fast in zip(expected, found, strict=True):
+            np.testing.assert_array_equal(fast.class_ids, plain.class_ids)
             # XLA reorders float sums; a box near an FPN level boundary moves a score by ~0.002
             # and, with two anchor sizes per level, a box corner by up to ~0.9 px and its mask
             # IoU to ~0.94 (seen once in 4 boxes, 128 px images).
-            np.testing.assert_allclose(fast["scores"], plain["scores"], atol=1e-2)
-            np.testing.assert_allclose(fast["rois"], plain["rois"], atol=1.0)
-            for a, b in zip(fast["masks"], plain["masks"], strict=True):
+            np.testing.assert_allclose(fast.scores, plain.scores, atol=1e-2)
+            np.testing.assert_allclose(fast.boxes, plain.boxes, atol=1.0)
+            for a, b in zip(fast.masks, plain.masks, strict=True):
                 assert (a & b).sum() >= 0.9 * (a | b).sum()

@@ -21,9 +21,12 @@ import pytest
 
 import handray
 from handray.config import load_config
-from handray.errors import HandrayError
+from handray.core.errors import HandrayError
+from handray.inference.checkpoints import load_trained_model
+from handray.inference.predictor import Predictor
+from handray.inference.thresholds import Thresholds
 from handray.model import weights
-from handray.model.heads import KEYPOINT_LAYER_PREFIX
+from handray.model.heads.keypoint import KEYPOINT_LAYER_PREFIX
 from handray.model.maskrcnn import build_model
 from handray.model.weights import (
     CLASS_LAYERS,
@@ -33,7 +36,6 @@ from handray.model.weights import (
     load_weights,
     save_weights,
 )
-from handray.train.checkpoint import load_trained_model
 
 # Connection refused at once: downloads fail fast and nothing is fetched, online or not.
 UNREACHABLE = "http://127.0.0.1:9/"
@@ -232,10 +234,13 @@ def test_matterport_layout_loads_by_name_with_nested_rpn_and_time_distributed(
             np.testing.assert_array_equal(v.numpy(), expected[name][v.name])
 
 
-def test_a_file_from_before_the_keypoint_head_loads_with_the_head_missing(tmp_path, caplog):
+def test_a_file_from_before_the_keypoint_head_loads_with_the_head_missing(
+    tmp_path, caplog, monkeypatch
+):
     """Old weights (here: a model built without the head) load by name into a model with it;
-    only the head is missing. For inference, `load_trained_model` drops the head instead of
-    reporting keypoints an untrained head made up."""
+    only the head is missing. For inference, `load_trained_model` sees that in the file's layer
+    names and builds the model once, without the head, instead of reporting keypoints an
+    untrained head made up."""
     old = tiny_model(seed=3, **{"model.num_keypoints": 0})
     save_weights(old, tmp_path / "old.h5")
     report = load_weights(tiny_model(), tmp_path / "old.h5")
@@ -244,13 +249,22 @@ def test_a_file_from_before_the_keypoint_head_loads_with_the_head_missing(tmp_pa
     ]
     assert sorted(report.missing) == sorted(head) and report.skipped == []
     assert sorted(report.loaded) == sorted(by_layer(old))
+    builds = []
+
+    def build(*args, **kwargs):
+        builds.append(args)
+        return build_model(*args, **kwargs)
+
+    monkeypatch.setattr("handray.model.build_model", build)
     with caplog.at_level(logging.WARNING):
         model, config, _ = load_trained_model(tmp_path / "old.h5", "tiny", jit_compile=False)
-    assert model.keypoint_head is None and config.model.num_keypoints == 0
-    assert "has no keypoint head" in caplog.text
+    assert len(builds) == 1
+    assert [h.output for h in model.roi_heads] == ["masks"] and config.model.num_keypoints == 0
+    assert "has no KeypointHead layers" in caplog.text
     assert_same(by_layer(model), by_layer(old), by_layer(old))
-    (detection,) = model.detect([np.zeros((40, 50, 3), np.uint8)], min_score=0.0)
-    assert detection["keypoints"].shape == (len(detection["scores"]), 0, 3)
+    predictor = Predictor(model, Thresholds.from_config(config))
+    (detection,) = predictor.detect([np.zeros((40, 50, 3), np.uint8)], min_score=0.0)
+    assert detection.keypoints is None and "keypoints" not in detection.extras
 
 
 def test_unknown_file_layer_is_skipped_with_reason(matterport_file):

@@ -14,10 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # serve_process: how the benchmarks run `serve`
-
-from serve_process import (  # noqa: E402
+from handray.serve.launcher import (
     deployments,
     free_port,
     is_warm,

@@ -12,9 +12,10 @@ import pytest
 import requests
 from PIL import Image
 from pycocotools import mask as mask_utils
-from serve_process import wait_for_model  # benchmarks/, on the path from tests/serve/conftest.py
 
+from handray.core.detections import Detections
 from handray.serve.app import build_app
+from handray.serve.launcher import wait_for_model
 from tests.serve.conftest import BATCHING
 
 pytestmark = pytest.mark.slow  # a Ray cluster and a Serve server
@@ -25,13 +26,13 @@ APP = "handray"
 @pytest.fixture(scope="module")
 def expected(tiny_checkpoint, photo_files) -> list[dict]:
     """In-process predictions on the same files (what `handray predict` prints)."""
-    from handray.predict import predict_files
-    from handray.train.checkpoint import load_trained_model
+    from handray.inference.checkpoints import load_trained_model
+    from handray.inference.predict import predict_files
+    from handray.inference.predictor import Predictor
+    from handray.inference.thresholds import Thresholds
 
-    model, _, _ = load_trained_model(
-        tiny_checkpoint, overrides={"model.detection_min_confidence": 0.0}
-    )
-    return predict_files(model, photo_files)
+    model, config, _ = load_trained_model(tiny_checkpoint, overrides={"serve.min_score": 0.0})
+    return predict_files(Predictor(model, Thresholds.from_config(config)), photo_files)
 
 
 def assert_same_predictions(reply: dict, record: dict, min_score: float = 0.0) -> None:
@@ -154,10 +155,10 @@ def test_a_bad_image_in_a_batch_fails_only_its_own_request(url, photo_files):
     good = photo_files[2].read_bytes()
     calls = [handle.predict.remote(data) for data in (good, b"\x89PNG broken", good, good)]
     results = [call.result(timeout_s=120) for call in calls]
-    assert "error" in results[1]
+    assert isinstance(results[1], str)  # why its image could not be run
     for result in (results[0], results[2], results[3]):
-        assert "error" not in result and len(result["scores"]) > 0
-        np.testing.assert_array_equal(result["scores"], results[0]["scores"])
+        assert isinstance(result, Detections) and len(result.scores) > 0
+        np.testing.assert_array_equal(result.scores, results[0].scores)
 
 
 def test_reconfigure_changes_thresholds_without_a_restart(server, photo_files, expected):
@@ -179,7 +180,7 @@ def test_reconfigure_changes_thresholds_without_a_restart(server, photo_files, e
 
 
 def test_the_app_builder_refuses_a_folder_without_an_export(tmp_path):
-    from handray.errors import HandrayError
+    from handray.core.errors import HandrayError
 
     with pytest.raises(HandrayError, match="handray export"):
         build_app({"model_dir": str(tmp_path)})
@@ -192,7 +193,7 @@ def test_health_check_fails_when_the_model_cannot_run(tiny_export):
     replica.check_health()
     replica._last_success = float("-inf")  # idle long enough that the check runs the model
     replica.check_health()
-    replica._loaded = object()  # the model is gone: nothing can run
+    replica._exported = object()  # the model is gone: nothing can run
     replica._last_success = float("-inf")
     with pytest.raises(AttributeError):
         replica.check_health()

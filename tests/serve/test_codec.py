@@ -1,21 +1,13 @@
-"""Uploads into safe pixels and detections into the reply: every image kind a client may send,
-every way an upload can be wrong, and masks that decode back to themselves."""
+"""Uploads into safe pixels: every image kind a client may send and every way an upload can be
+wrong (the reply's records: tests/core/test_records.py)."""
 
-import base64
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from handray.serve.codec import (
-    RequestError,
-    UploadLimits,
-    decode_upload,
-    prediction_records,
-    to_model_bytes,
-)
+from handray.serve.codec import RequestError, UploadLimits, decode_upload
 
 LIMITS = UploadLimits(max_request_bytes=1_000_000, max_image_pixels=250_000)
 EXIF_ORIENTATION = 0x0112
@@ -95,39 +87,3 @@ def test_pixel_limit_is_checked_from_the_header():
     error = error_of(encoded(Image.new("L", (600, 500))))
     assert (error.status, error.code) == (413, "image_too_large")
     assert "600x500" in error.message
-
-
-def test_model_bytes_are_lossless():
-    pixels = np.random.default_rng(1).integers(0, 256, (9, 13, 3), np.uint8)
-    np.testing.assert_array_equal(
-        np.asarray(Image.open(io.BytesIO(to_model_bytes(pixels)))), pixels
-    )
-
-
-def test_predictions_keep_the_old_keys_and_decode_back():
-    mask = np.zeros((30, 40), bool)
-    mask[5:20, 10:35] = True
-    detection = {
-        "rois": np.array([[5.0, 10.0, 20.0, 35.0]], np.float32),
-        "class_ids": np.array([2]),
-        "scores": np.array([0.875], np.float32),
-        "masks": mask[None],
-    }
-    names = ["BG", "left_hand", "right_hand"]
-    (png,) = prediction_records(detection, names, "png")
-    assert png == {
-        "roi": [5.0, 10.0, 20.0, 35.0],
-        "class_id": 2,
-        "class_name": "right_hand",
-        "score": 0.875,
-        "mask": png["mask"],
-        "bbox": [10.0, 5.0, 25.0, 15.0],
-    }
-    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(png["mask"]))))
-    assert decoded.shape == mask.shape and set(np.unique(decoded)) == {0, 255}
-    np.testing.assert_array_equal(decoded == 255, mask)
-    (rle,) = prediction_records(detection, names, "rle")
-    np.testing.assert_array_equal(mask_utils.decode(rle["mask"]).astype(bool), mask)
-    assert len(rle["mask"]["counts"]) < len(png["mask"])
-    (none,) = prediction_records(detection, names, "none")
-    assert none["mask"] is None

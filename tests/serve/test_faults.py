@@ -1,11 +1,14 @@
-"""A replica killed under steady load, end to end over real HTTP: `benchmarks/soak.py`'s kill
-mode, run short. `serve run` with 2 Ingress and 2 HandModel replicas; 8 closed-loop clients mix
-good images with bad inputs; one replica's process gets SIGKILL. Serve must replace it while
-requests keep succeeding (see `soak.verdicts` for each target)."""
+"""A replica killed under steady load, end to end over real HTTP: the soak's kill mode
+(`handray.serve.soak`, which `benchmarks/soak.py` runs for minutes), run short. `serve run` with
+2 Ingress and 2 HandModel replicas; 8 closed-loop clients mix good images with bad inputs; one
+replica's process gets SIGKILL. Serve must replace it while requests keep succeeding (see
+`soak.verdicts` for each target)."""
 
 import pytest
-from serve_process import deployments  # benchmarks/, on the path from tests/serve/conftest.py
-from soak import REPLACED_WITHIN_S, run_soak, verdicts
+
+from handray.data.scene import render_sample
+from handray.serve.launcher import deployments
+from handray.serve.soak import REPLACED_WITHIN_S, run_soak, verdicts
 
 pytestmark = pytest.mark.slow  # a Serve server whose replicas are killed
 
@@ -26,6 +29,7 @@ def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(
         tiny_export,
         ray_cluster.get_runtime_context().gcs_address,
         tmp_path,
+        picture=render_sample(0, "train", 1, 640)[0],  # the soak benchmark's picture
         seconds=KILL_AFTER_S + REPLACED_WITHIN_S,
         clients=8,
         kill=deployment,

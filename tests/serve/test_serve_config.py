@@ -9,7 +9,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from handray.config import ServeConfig, updated_serve_config
-from handray.errors import ConfigError
+from handray.core.errors import ConfigError
 from handray.serve import app as serve_app
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,14 +9,14 @@ import pytest
 
 from handray.config import load_config
 from handray.data.synthetic import generate_dataset
-from handray.model.weights import load_weights
-from handray.train.checkpoint import (
+from handray.inference.checkpoints import (
     OPTIMIZER_FILE,
     WEIGHTS_FILE,
     latest_checkpoint,
     read_state,
-    write_checkpoint,
 )
+from handray.model.weights import load_weights
+from handray.train.checkpoint import write_checkpoint
 from handray.train.loop import WarmupStepDecay, WorkerContext, stage_at, train_worker
 
 
@@ -124,8 +124,9 @@ def test_loop_trains_checkpoints_and_resumes_exactly(hands, tmp_path):
 
 @pytest.mark.slow  # a training run
 def test_checkpoint_round_trip_restores_weights_and_optimizer(hands, tmp_path):
+    from handray.inference.checkpoints import TrainingState
     from handray.model import build_model
-    from handray.train.checkpoint import TrainingState, restore_optimizer
+    from handray.train.checkpoint import restore_optimizer
     from handray.train.loop import make_optimizer
 
     config = small_config()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from handray.errors import HandrayError
+from handray.core.errors import HandrayError
 from handray.train.resources import WorkerResources
 
 

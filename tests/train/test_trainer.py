@@ -14,11 +14,11 @@ import pytest
 import ray.cloudpickle
 
 from handray.config import load_config
+from handray.core.errors import HandrayError
 from handray.data.synthetic import generate_dataset
-from handray.errors import HandrayError
+from handray.inference.checkpoints import WEIGHTS_FILE, read_state, run_checkpoints
 from handray.model import build_model
 from handray.model.weights import load_weights
-from handray.train.checkpoint import WEIGHTS_FILE, read_state, run_checkpoints
 from handray.train.resources import WorkerResources
 from handray.train.trainer import run_training
 

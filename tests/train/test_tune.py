@@ -11,9 +11,9 @@ import pytest
 
 from handray.cli import main
 from handray.config import ANCHOR_SETS, load_config
+from handray.core.errors import ConfigError, HandrayError
 from handray.data.synthetic import generate_dataset
-from handray.errors import ConfigError, HandrayError
-from handray.train.checkpoint import load_trained_model, read_state, resolve_checkpoint
+from handray.inference.checkpoints import load_trained_model, read_state, resolve_checkpoint
 from handray.train.resources import WorkerResources
 from handray.train.search_space import check_search_space, search_space, trial_config
 from handray.train.tune import concurrent_trials

@@ -1,0 +1,1 @@
+"""Evaluation: COCO AP with pycocotools, and hands matched whatever their side."""

@@ -1,0 +1,1 @@
+"""Inference: checkpoints and their models, detections in original pixels, predict, export."""

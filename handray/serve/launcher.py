@@ -1,0 +1,109 @@
+"""`serve run` of a serve config in a subprocess, attached to the caller's own Ray cluster, as
+the serving benchmarks and the tests over real HTTP run the app: started on a free port, ready
+once warm, stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The checkout's serve_config.yaml: launching the app as shipped needs a source checkout.
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+
+
+def shipped_config(export: Path, port: int) -> dict:
+    """serve_config.yaml as shipped, serving `export` on `port`."""
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config["http_options"]["port"] = port
+    (app,) = config["applications"]
+    app["args"]["model_dir"] = str(export)
+    return config
+
+
+def deployments(config: dict) -> dict[str, dict]:
+    """The config's deployments by name, to change in place."""
+    (app,) = config["applications"]
+    return {deployment["name"]: deployment for deployment in app["deployments"]}
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def is_warm(model: dict) -> bool:
+    """The model replica has run every batch size up to its `max_batch_size` (HandModel runs the
+    larger ones in the background after it starts, loading the CPU meanwhile)."""
+    return model["warm_batch_size"] == model["settings"]["max_batch_size"]
+
+
+def wait_for_model(
+    url: str,
+    ready: Callable[[dict], Any],
+    timeout_s: float = 240,
+    gone: Callable[[], str | None] = lambda: None,
+) -> dict:
+    """GET /healthz until `ready(model info)` holds; returns that info. `gone()` names a
+    reason to stop waiting early (a server process that exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # A refused connection, a reset or a non-200 reply (HTTPError) just means "not yet".
+        with contextlib.suppress(OSError, http.client.HTTPException, ValueError, KeyError):
+            with urllib.request.urlopen(f"{url}/healthz", timeout=10) as reply:
+                model = json.loads(reply.read())["model"]
+            if ready(model):
+                return model
+        if reason := gone():
+            raise RuntimeError(reason)
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not become ready within {timeout_s:.0f} s")
+
+
+class ServeProcess:
+    """`serve run CONFIG --address ADDRESS`, ready once `/healthz` answers 200 and the model
+    replica it reached is warm (`is_warm`), so warm-up does not load the first measurements."""
+
+    def __init__(self, config: dict, folder: Path, address: str, ready_timeout_s: float = 600):
+        self.url = f"http://127.0.0.1:{config['http_options']['port']}"
+        path = folder / "serve_config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        serve = Path(sys.executable).parent / "serve"
+        self.log = (folder / "serve.log").open("w")
+        self.process = subprocess.Popen(
+            [str(serve), "run", str(path), "--address", address],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_AUTH_MODE": "token"},
+        )
+        try:
+            wait_for_model(self.url, is_warm, ready_timeout_s, self._exited)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"serve run did not become ready; see {self.log.name}") from None
+
+    def _exited(self) -> str | None:
+        return f"serve run exited; see {self.log.name}" if self.process.poll() is not None else None
+
+    def stop(self) -> None:
+        """Ctrl-C, as a user stops `serve run` (a kill after a minute)."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
