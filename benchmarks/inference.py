@@ -1,9 +1,10 @@
-"""`MaskRCNN.detect` latency against the machine's dense matmul rate (the "FLOP floor").
+"""`Predictor.detect` latency against the machine's dense matmul rate (the "FLOP floor").
 
 Measures, in one run: the float32 matmul rate of this machine; the model's convolution and
 dense FLOPs per image, counted from the layers' configs and shapes; `detect` latency with and
 without XLA for batches 1 and 4; and a per-stage breakdown of hand-r101, batch 1, the keypoint
-head its own stage (its share of `detect` for hand-r50: `benchmarks/keypoint_head.py`). Random
+head its own stage (its share of `Predictor.detect` for hand-r50:
+`benchmarks/keypoint_head.py`). Random
 weights, synthetic RHD-like images; nothing is downloaded.
 
 Target: hand-r101 at 512x512, batch 1, within 1.3x of the FLOP floor
@@ -32,7 +33,9 @@ import tensorflow as tf
 from handray.config import Config, load_config
 from handray.core.geometry import resize_and_pad
 from handray.data.synthetic import render_sample
-from handray.model.keypoints import decode_heatmaps
+from handray.inference.predictor import Predictor
+from handray.inference.thresholds import Thresholds
+from handray.model.heads.keypoint import decode_heatmaps
 from handray.model.maskrcnn import MaskRCNN, build_model
 from handray.model.roi_align import pyramid_roi_align
 from handray.model.rpn import run_rpn
@@ -138,18 +141,18 @@ def stage_flops(model: MaskRCNN, config: Config) -> dict[str, int]:
     """FLOPs per image of each stage of the graph that `predict_padded` runs."""
     size, settings = config.data.image_size, config.model
     levels = [tuple(o.shape[1:]) for o in model.features.outputs]  # P2..P6 (H, W, C)
-    box_in = tuple(model.box_head.inputs[0].shape[1:])
-    mask_in = tuple(model.mask_head.inputs[0].shape[1:])
+    box = model.box_head.network
+    box_in = tuple(box.inputs[0].shape[1:])
     detections = settings.detection_max_instances
     flops = {
         "backbone+FPN": model_flops(model.features, (1, size, size, 3)),
         "RPN heads": sum(model_flops(model.rpn, (1, *level)) for level in levels),
-        "box head": model_flops(model.box_head, (settings.post_nms_rois_inference, *box_in)),
-        "mask head": model_flops(model.mask_head, (detections, *mask_in)),
+        "box head": model_flops(box, (settings.post_nms_rois_inference, *box_in)),
     }
-    if model.keypoint_head is not None:
-        keypoint_in = tuple(model.keypoint_head.inputs[0].shape[1:])
-        flops["keypoint head"] = model_flops(model.keypoint_head, (detections, *keypoint_in))
+    for head in model.roi_heads:  # "mask head", "keypoint head", ...
+        head_in = tuple(head.network.inputs[0].shape[1:])
+        name = f"{head.output.removesuffix('s')} head"
+        flops[name] = model_flops(head.network, (detections, *head_in))
     return flops
 
 
@@ -178,17 +181,26 @@ class Row:
 Stage = tuple[str, "float | None", float]  # (name, GFLOP per image or None, seconds)
 
 
+def detector(model: MaskRCNN, config: Config):
+    """`Predictor.detect` of `model`, keeping what the config's cut-off keeps
+    (`model.detection_min_confidence`), as this benchmark always has."""
+    cut = config.model.detection_min_confidence
+    return Predictor(model, Thresholds(cut, cut, config.serve.mask_threshold)).detect
+
+
 def detect_rows(
-    preset: str, source: int, models: dict[object, MaskRCNN], gflop: float, repeats: int
+    config: Config, source: int, models: dict[object, MaskRCNN], gflop: float, repeats: int
 ) -> list[Row]:
     """`detect` latency of each batch size, every compile mode interleaved."""
-    size = models[True].image_size
+    preset, size = config.preset, models[True].image_size
     rows = []
     for batch in BATCHES:
         batch_images = images(batch, source)
         # Fewer rounds for the large model's batch 4: each call takes seconds.
         rounds = max(3, repeats - 2) if batch > 1 and preset != "tiny" else repeats
-        calls = {xla: partial(model.detect, batch_images) for xla, model in models.items()}
+        calls = {
+            xla: partial(detector(model, config), batch_images) for xla, model in models.items()
+        }
         for xla, seconds in interleaved_medians(calls, rounds).items():
             rows.append(Row(preset, source, size, batch, xla, gflop, seconds))
     return rows
@@ -282,8 +294,8 @@ def _stage_calls(
     mask_align = compiled(
         lambda pyramid, boxes: pyramid_roi_align(pyramid[:4], boxes, settings.mask_pool_size, size)
     )
-    box_head = compiled(lambda pooled: model.box_head(pooled[0], training=False))
-    mask_head = compiled(lambda pooled: model.mask_head(pooled[0], training=False))
+    box_head = compiled(lambda pooled: model.box_head.network(pooled[0], training=False))
+    mask_head = compiled(lambda pooled: model.roi_head("masks").network(pooled[0], training=False))
     keypoint_align = compiled(
         lambda pyramid, boxes: pyramid_roi_align(
             pyramid[:4], boxes, settings.keypoint_pool_size, size
@@ -291,7 +303,7 @@ def _stage_calls(
     )
 
     def keypoint_fn(pooled, boxes):
-        heatmaps = model.keypoint_head(pooled[0], training=False)
+        heatmaps = model.roi_head("keypoints").network(pooled[0], training=False)
         return decode_heatmaps(heatmaps, boxes[0])
 
     keypoint_head = compiled(keypoint_fn)
@@ -313,7 +325,7 @@ def _stage_calls(
         "whole": partial(
             model.predict_padded, padded, windows, tf.constant(settings.detection_min_confidence)
         ),
-        "detect": partial(model.detect, image),
+        "detect": partial(detector(model, config), image),
     }
 
 
@@ -374,7 +386,7 @@ def main() -> None:
         config = load_config(preset)
         models = {mode: build_model(config, jit_compile=mode) for mode in MODE_LABELS}
         gflop = sum(stage_flops(models[True], config).values()) / 1e9
-        rows += detect_rows(preset, source, models, gflop, args.repeats)
+        rows += detect_rows(config, source, models, gflop, args.repeats)
         if preset == "hand-r101" and not args.skip_breakdown:
             stages = breakdown({xla: models[xla] for xla in (True, False)}, config, args.repeats)
 

@@ -23,8 +23,10 @@ import tensorflow as tf
 from inference import images, interleaved_medians, model_flops
 
 from handray.config import load_config
+from handray.inference.predictor import Predictor
+from handray.inference.thresholds import Thresholds
 from handray.model import build_model
-from handray.model.keypoints import decode_heatmaps
+from handray.model.heads.keypoint import decode_heatmaps
 
 TARGET = 0.15  # the head's share of detect's time, at most
 DETECTIONS = 20
@@ -44,33 +46,36 @@ def main() -> None:
         if layer.weights:
             layer.set_weights(with_head.get_layer(layer.name).get_weights())
     image = images(1, config.data.image_size)
-    detect = {
-        name: partial(model.detect, image, min_score=0.0)
-        for name, model in (("without", without), ("with", with_head))
+    everything = Thresholds(min_score=0.0, evaluation_min_score=0.0, mask=0.5)
+    predictors = {
+        "without": Predictor(without, everything),
+        "with": Predictor(with_head, everything),
     }
-    (result,) = with_head.detect(image, min_score=0.0)
-    assert len(result["scores"]) == DETECTIONS, "every detection slot must be filled"
+    detect = {name: partial(p.detect, image) for name, p in predictors.items()}
+    (result,) = predictors["with"].detect(image)
+    assert len(result.scores) == DETECTIONS, "every detection slot must be filled"
 
-    boxes = tf.constant(result["rois"][None] / config.data.image_size, tf.float32)
+    boxes = tf.constant(result.boxes[None] / config.data.image_size, tf.float32)
+    keypoint = with_head.roi_head("keypoints")
     padded = tf.zeros([1, config.data.image_size, config.data.image_size, 3])
     pyramid = with_head._pyramid(padded, training=False)
 
     @tf.function(jit_compile=True)
     def keypoint_stage(pyramid, boxes):
-        heatmaps = with_head._keypoints(pyramid, boxes, training=False)
+        heatmaps = keypoint.run(pyramid, boxes, config.data.image_size, training=False)
         return decode_heatmaps(heatmaps, boxes)
 
     seconds = interleaved_medians(
         {**detect, "stage": partial(keypoint_stage, pyramid, boxes)}, args.repeats
     )
-    head_in = tuple(with_head.keypoint_head.inputs[0].shape[1:])
-    gflop = model_flops(with_head.keypoint_head, (DETECTIONS, *head_in)) / 1e9
+    head_in = tuple(keypoint.network.inputs[0].shape[1:])
+    gflop = model_flops(keypoint.network, (DETECTIONS, *head_in)) / 1e9
     added = seconds["with"] / seconds["without"] - 1.0
     share = seconds["stage"] / seconds["with"]
     settings = head_config.model
     print(
         f"{args.preset} at {config.data.image_size}, {DETECTIONS} detections, keypoint head "
-        f"{with_head.keypoint_head.count_params():,} weights "
+        f"{keypoint.network.count_params():,} weights "
         f"({settings.keypoint_head_convs} convs of {settings.keypoint_head_channels}), "
         f"{gflop:.2f} GFLOP; "
         f"median of {args.repeats}\n"
@@ -86,7 +91,7 @@ def main() -> None:
     )
     print(f"\ntarget {'met' if max(added, share) <= TARGET else 'MISSED'}")
     np.testing.assert_array_equal(  # the same boxes with and without the head
-        without.detect(image, min_score=0.0)[0]["rois"], result["rois"]
+        predictors["without"].detect(image)[0].boxes, result.boxes
     )
 
 

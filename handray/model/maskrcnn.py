@@ -96,6 +96,11 @@ class MaskRCNN(keras.Model):
         """`resnet50`, `resnet101` or `tiny`: which ImageNet weights fit the backbone."""
         return self._settings.backbone
 
+    def roi_head(self, output: str) -> RoiHead | None:
+        """The ROI head whose output is named `output` (`masks`, `keypoints`), if the model has
+        one."""
+        return next((head for head in self.roi_heads if head.output == output), None)
+
     # ----- the forward passes -------------------------------------------------------------
 
     def call(self, inputs: dict, training: bool = False) -> dict:

@@ -22,6 +22,7 @@ import yaml
 
 # The checkout's serve_config.yaml: launching the app as shipped needs a source checkout.
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+STOP_TIMEOUT_S = 90  # a loaded 2-core machine can take a minute to drain and stop
 
 
 def shipped_config(export: Path, port: int) -> dict:
@@ -100,10 +101,24 @@ class ServeProcess:
         return f"serve run exited; see {self.log.name}" if self.process.poll() is not None else None
 
     def stop(self) -> None:
-        """Ctrl-C, as a user stops `serve run` (a kill after a minute)."""
+        """Ctrl-C, as a user stops `serve run`, and a kill if it has not ended within
+        `STOP_TIMEOUT_S`. A killed `serve run` leaves Serve running on the cluster (its
+        controller, proxy and replicas, on this app's port), where the next `serve run` would
+        join it and ignore its own port; so Serve is then shut down from this driver."""
         self.process.send_signal(signal.SIGINT)
         try:
-            self.process.wait(timeout=60)
+            self.process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+            shutdown_serve()
         self.log.close()
+
+
+def shutdown_serve() -> None:
+    """Shut down Serve on the cluster this process is connected to (nothing when it is not)."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
