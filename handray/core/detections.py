@@ -74,13 +74,14 @@ class Detections:
 
     @classmethod
     def from_rows(cls, rows: Mapping[str, Any], class_names: tuple[str, ...]) -> Detections:
-        """From one image's rows (`image_rows`), as NumPy arrays; masks as bool."""
+        """From one image's rows (`image_rows`), as NumPy arrays (copied only where the dtype
+        changes); masks as bool."""
         arrays = {key: np.asarray(value) for key, value in rows.items()}
         return cls(
-            boxes=arrays["boxes"].astype(np.float32),
-            class_ids=arrays["class_ids"].astype(np.int64),
-            scores=arrays["scores"].astype(np.float32),
-            masks=arrays["masks"].astype(bool),
+            boxes=arrays["boxes"].astype(np.float32, copy=False),
+            class_ids=arrays["class_ids"].astype(np.int64, copy=False),
+            scores=arrays["scores"].astype(np.float32, copy=False),
+            masks=arrays["masks"].astype(bool, copy=False),
             class_names=tuple(class_names),
             extras={key: value for key, value in arrays.items() if key not in BATCH_KEYS},
         )

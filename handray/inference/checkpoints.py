@@ -232,8 +232,8 @@ def load_trained_model(
     weights = path / WEIGHTS_FILE if path.is_dir() else path
     in_file = layer_names_in(weights)
     for head in ROI_HEADS:
-        lacking = head.optional and head.enabled(config.model)
-        if lacking and not any(name.startswith(head.layer_prefix) for name in in_file):
+        removable = head.optional and head.enabled(config.model)
+        if removable and not any(name.startswith(head.layer_prefix) for name in in_file):
             logger.warning(
                 "%s has no %s layers (%s*); predicting without its %s (%s). Train from it "
                 "(--weights) to learn them.",

@@ -151,11 +151,16 @@ class HandModel:
             self._failure = f"{type(err).__name__}: {err}"
             raise
         self._last_success, self._failure = time.monotonic(), None
-        names = self._exported.class_names
-        return [
-            Detections.from_rows(image_rows(outputs, index), names).at_least(score)
-            for index, score in enumerate(thresholds)
-        ]
+        return [self._detections(outputs, index, score) for index, score in enumerate(thresholds)]
+
+    def _detections(
+        self, outputs: dict[str, np.ndarray], index: int, min_score: float
+    ) -> Detections:
+        """Image `index`'s detections at its own `min_score`: rows come best first, so those
+        kept are a prefix, cut before any mask is converted or copied."""
+        scores = outputs["scores"][index, : outputs["num_detections"][index]]
+        count = int((scores >= min_score).sum())
+        return Detections.from_rows(image_rows(outputs, index, count), self._exported.class_names)
 
     def check_health(self) -> None:
         """Fail (so Serve replaces this replica) when the model cannot run."""
