@@ -98,20 +98,28 @@ def matmul_rates(sizes: tuple[int, ...] = (2048, 4096), repeats: int = 5) -> dic
 # ----- FLOPs, from the layers ---------------------------------------------------------------
 
 
-def layer_shapes(sub_model: keras.Model, input_shape: tuple[int, ...]):
-    """(layer, input shape(s), output shape) of every layer of a functional model for a concrete
-    input shape: each layer's `compute_output_shape` on its inputs' shapes, in graph order."""
-    shapes = {id(sub_model.inputs[0]): tuple(input_shape)}
+def layer_shapes(sub_model: keras.Model, input_shapes: tuple | list[tuple]):
+    """(layer, input shape(s), output shape) of every call of a layer in a functional model, for
+    concrete input shapes (one tuple, or one per input of a model with several): each call's
+    `compute_output_shape` on its inputs' shapes, in graph order. A layer applied twice (shared
+    weights, as the side head's mirrored score) is counted twice."""
+    if isinstance(input_shapes, tuple):
+        input_shapes = [input_shapes]
+    shapes = {id(t): tuple(shape) for t, shape in zip(sub_model.inputs, input_shapes, strict=True)}
     rows = []
-    for layer in sub_model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, keras.Model):
-            raise TypeError(f"nested model {layer.name} inside {sub_model.name}: not walked")
-        inputs = keras.tree.map_structure(lambda t: shapes[id(t)], layer.input)
-        output = tuple(layer.compute_output_shape(inputs))
-        shapes[id(layer.output)] = output
-        rows.append((layer, inputs, output))
+    for depth in sorted(sub_model._nodes_by_depth, reverse=True):
+        for node in sub_model._nodes_by_depth[depth]:
+            layer = node.operation
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if isinstance(layer, keras.Model):
+                raise TypeError(f"nested model {layer.name} inside {sub_model.name}: not walked")
+            tensors = node.arguments.keras_tensors
+            inputs = [shapes[id(t)] for t in tensors]
+            inputs = inputs[0] if len(inputs) == 1 else inputs
+            (output,) = node.outputs
+            shapes[id(output)] = tuple(layer.compute_output_shape(inputs))
+            rows.append((layer, inputs, shapes[id(output)]))
     return rows
 
 
@@ -132,9 +140,14 @@ def layer_flops(layer: keras.layers.Layer, in_shape, out_shape) -> int:
     return 0
 
 
-def model_flops(sub_model: keras.Model, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of one call of `sub_model` on an input of `input_shape` (its first axis included)."""
-    return sum(layer_flops(*row) for row in layer_shapes(sub_model, input_shape))
+def model_flops(sub_model: keras.Model, input_shapes: tuple | list[tuple]) -> int:
+    """FLOPs of one call of `sub_model` on inputs of these shapes (first axes included)."""
+    return sum(layer_flops(*row) for row in layer_shapes(sub_model, input_shapes))
+
+
+def head_flops(network: keras.Model, detections: int) -> int:
+    """FLOPs of a ROI head's network on `detections` boxes, each input at its own shape."""
+    return model_flops(network, [(detections, *t.shape[1:]) for t in network.inputs])
 
 
 def stage_flops(model: MaskRCNN, config: Config) -> dict[str, int]:
@@ -149,10 +162,9 @@ def stage_flops(model: MaskRCNN, config: Config) -> dict[str, int]:
         "RPN heads": sum(model_flops(model.rpn, (1, *level)) for level in levels),
         "box head": model_flops(box, (settings.post_nms_rois_inference, *box_in)),
     }
-    for head in model.roi_heads:  # "mask head", "keypoint head", ...
-        head_in = tuple(head.network.inputs[0].shape[1:])
+    for head in model.roi_heads:  # "side_score head", "mask head", "keypoint head"
         name = f"{head.output.removesuffix('s')} head"
-        flops[name] = model_flops(head.network, (detections, *head_in))
+        flops[name] = head_flops(head.network, detections)
     return flops
 
 

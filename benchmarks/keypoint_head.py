@@ -7,7 +7,12 @@ and the head's own stage (ROI Align at 14x14, the head, heatmap decoding) is tim
 
 Target: the keypoint head adds at most 15 % to `detect` for hand-r50 at 512 (20 detections).
 
-    .venv/bin/python benchmarks/keypoint_head.py [--preset hand-r50] [--repeats 5]
+First, a table of candidate head shapes for `tiny` (`CANDIDATES`: 1x1 reduction, 3x3 convs,
+upsampling, pool), counted from the layers: FLOPs per detection and for 20 detections against
+tiny's backbone+FPN per image. Target: tiny's head for 20 detections costs no more than that.
+`--flops-only` prints only the table (seconds, nothing timed).
+
+    .venv/bin/python benchmarks/keypoint_head.py [--preset hand-r50] [--repeats 5] [--flops-only]
 """
 
 from __future__ import annotations
@@ -20,23 +25,85 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from inference import images, interleaved_medians, model_flops
+from inference import head_flops, images, interleaved_medians, model_flops
 
 from handray.config import load_config
 from handray.inference.predictor import Predictor
 from handray.inference.thresholds import Thresholds
 from handray.model import build_model
-from handray.model.heads.keypoint import decode_heatmaps
+from handray.model.heads.keypoint import KeypointHead, decode_heatmaps
+from handray.model.norm import Norm
 
 TARGET = 0.15  # the head's share of detect's time, at most
 DETECTIONS = 20
+# Keypoint head shapes for `tiny` (FPN 64 channels, 21 keypoints), as config overrides:
+# (pool, 1x1 reduction (0: none), 3x3 convs, their channels, upsample, pixel branch channels).
+# The first was tiny's head before the Gaussian targets; the last is tiny's now.
+CANDIDATES = (
+    (14, 0, 4, 64, 4, 0),
+    (14, 0, 2, 32, 4, 0),
+    (14, 0, 2, 32, 2, 0),
+    (14, 0, 2, 32, 1, 0),
+    (14, 0, 2, 24, 1, 0),
+    (14, 32, 2, 32, 2, 0),
+    (14, 32, 2, 32, 1, 0),
+    (14, 32, 3, 32, 1, 0),
+    (14, 16, 2, 32, 1, 0),
+    (14, 16, 3, 32, 1, 0),
+    (7, 0, 4, 64, 2, 0),
+    (7, 0, 2, 32, 2, 0),
+    (14, 32, 2, 32, 1, 16),
+    (14, 16, 2, 32, 1, 16),
+)
+
+
+def candidate_table(preset: str = "tiny") -> None:
+    """Print each candidate head's weights and FLOPs for `DETECTIONS` detections next to the
+    preset's backbone+FPN FLOPs per image: the head should not cost more than the backbone."""
+    config = load_config(preset)
+    size = config.data.image_size
+    backbone = model_flops(build_model(config).features, (1, size, size, 3))
+    print(
+        f"{preset} keypoint head candidates, {DETECTIONS} detections; backbone+FPN "
+        f"{backbone / 1e9:.3f} GFLOP per {size}x{size} image\n"
+    )
+    print(
+        "| pool | 1x1 reduction | 3x3 convs | upsample (heatmap) | pixel branch | weights "
+        f"| MFLOP/detection | GFLOP/{DETECTIONS} | x backbone |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for pool, reduction, convs, width, upsample, pixels in CANDIDATES:
+        settings = load_config(
+            preset,
+            {
+                "model.keypoint_pool_size": pool,
+                "model.keypoint_head_reduction": reduction,
+                "model.keypoint_head_convs": convs,
+                "model.keypoint_head_channels": width,
+                "model.keypoint_upsample": upsample,
+                "model.keypoint_pixels": pixels,
+            },
+        ).model
+        head = KeypointHead(settings, Norm()).network
+        flops = head_flops(head, DETECTIONS)
+        side = pool * upsample
+        print(
+            f"| {pool} | {reduction or '-'} | {convs} x {width} | {upsample} ({side}x{side}) "
+            f"| {pixels or '-'} | {head.count_params():,} | {flops / DETECTIONS / 1e6:.2f} "
+            f"| {flops / 1e9:.3f} | {flops / backbone:.2f} |"
+        )
+    print()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="hand-r50")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--flops-only", action="store_true", help="only the candidates' table")
     args = parser.parse_args()
+    candidate_table()
+    if args.flops_only:
+        return
     slots = {"model.detection_max_instances": DETECTIONS}
     head_config = load_config(args.preset, slots)
     with_head = build_model(head_config)
@@ -62,14 +129,15 @@ def main() -> None:
 
     @tf.function(jit_compile=True)
     def keypoint_stage(pyramid, boxes):
-        heatmaps = keypoint.run(pyramid, boxes, config.data.image_size, training=False)
+        heatmaps = keypoint.run(
+            pyramid, boxes, config.data.image_size, training=False, images=padded
+        )
         return decode_heatmaps(heatmaps, boxes)
 
     seconds = interleaved_medians(
         {**detect, "stage": partial(keypoint_stage, pyramid, boxes)}, args.repeats
     )
-    head_in = tuple(keypoint.network.inputs[0].shape[1:])
-    gflop = model_flops(keypoint.network, (DETECTIONS, *head_in)) / 1e9
+    gflop = head_flops(keypoint.network, DETECTIONS) / 1e9
     added = seconds["with"] / seconds["without"] - 1.0
     share = seconds["stage"] / seconds["with"]
     settings = head_config.model

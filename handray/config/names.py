@@ -17,6 +17,7 @@ LOSS_NAMES = (
     "mrcnn_bbox_loss",
     "mrcnn_mask_loss",
     "mrcnn_keypoint_loss",
+    "mrcnn_side_loss",
 )
 # A pasted mask pixel belongs to the hand at this probability: `serve.mask_threshold`'s default,
 # which `handray.inference.thresholds` reads for every path.

@@ -107,14 +107,33 @@ class ModelConfig(Section):
     fc_layers_size: int = 1024
     mask_head_channels: int = 256
     # Hand keypoints (the Mask R-CNN paper's keypoint branch): a conv stack on ROI-aligned
-    # features, upsampled 4x to one heatmap per keypoint, trained on the mask head's positives.
+    # features, upsampled to one heatmap per keypoint, trained on the mask head's positives.
     # 0 removes the head and its cost (the `matterport` preset). The paper's eight 3x3 convs at
     # a quarter of its 512 channels: a detection's share of the cost stays small
-    # (benchmarks/inference.py).
+    # (benchmarks/inference.py; candidate shapes' FLOPs: benchmarks/keypoint_head.py).
     num_keypoints: int = 21
-    keypoint_pool_size: int = 14  # heatmaps are 4x this (56x56)
+    keypoint_pool_size: int = 14
     keypoint_head_convs: int = 8
     keypoint_head_channels: int = 128
+    # Channels of a 1x1 convolution that first reduces the ROI features, so the 3x3 convs
+    # read fewer channels (0: none, the convs read the FPN's channels).
+    keypoint_head_reduction: int = 0
+    # Heatmap side per pooled cell: 4 (a stride-2 deconvolution, then bilinear x2: 56x56 from
+    # 14x14), 2 (the deconvolution only) or 1 (a 1x1 convolution at the pooled resolution).
+    keypoint_upsample: int = 4
+    # Training target: a Gaussian of this sigma (in heatmap cells) around each keypoint,
+    # normalised over the cells; 0: the one cell it falls in. A soft target keeps neighbouring
+    # cells from being penalised like distant ones, so a coarse budget still learns.
+    keypoint_sigma: float = 0.0
+    # >0: the head also sees each box's pixels (a small conv branch of this many channels),
+    # not only FPN features, where a small hand is a few cells (0: features only).
+    keypoint_pixels: int = 0
+    # The side from a head that sees each hand's pixels turned upright (model/heads/side.py);
+    # the box head then says hand or background. Off for the presets that load the old
+    # 3-class files, whose box head decides the side.
+    side_head: bool = False
+    side_crop_size: int = 32  # side of the square crops its CNNs see
+    side_upright: bool = True  # turn the crops by the predicted direction (False: as boxed)
     # Normalisation layers: "batch" (the old model's, needed for its weights) or "group"
     # (GroupNorm: independent of the batch, for from-scratch training with small batches).
     norm: Literal["batch", "group"] = "batch"
@@ -217,6 +236,28 @@ class ModelConfig(Section):
         ):
             _check(getattr(self, name) >= 1, f"model.{name}", "must be at least 1")
         _check(self.num_keypoints >= 0, "model.num_keypoints", "must be >= 0 (0: no keypoint head)")
+        _check(
+            not self.side_head or self.num_classes == 3,
+            "model.side_head",
+            f"decides between two hand classes (left, right), so it needs model.num_classes=3, "
+            f"got {self.num_classes}; set model.side_head=false for other classes",
+        )
+        _check(
+            self.side_crop_size >= 8 and self.side_crop_size % 8 == 0,
+            "model.side_crop_size",
+            f"must be a positive multiple of 8 (its CNNs pool three times), got "
+            f"{self.side_crop_size}",
+        )
+        _check(
+            self.keypoint_pixels >= 0, "model.keypoint_pixels", "must be >= 0 (0: features only)"
+        )
+        _check(
+            self.keypoint_head_reduction >= 0,
+            "model.keypoint_head_reduction",
+            "must be >= 0 (0: no 1x1 reduction)",
+        )
+        _check(self.keypoint_upsample in (1, 2, 4), "model.keypoint_upsample", "must be 1, 2 or 4")
+        _check(self.keypoint_sigma >= 0, "model.keypoint_sigma", "must be >= 0 (0: one-hot cell)")
         return self
 
 
@@ -244,6 +285,16 @@ class TrainConfig(Section):
     # the rate is multiplied by lr_decay_factor after each
     lr_decay_epochs: FromList[tuple[int, ...]] = ()
     lr_decay_factor: float = 0.1
+    # After the warm-up: "step" (lr_decay_epochs and lr_decay_factor, the old recipe) or
+    # "cosine" (a half cosine down to 0 at the run's last step, epochs * steps_per_epoch: no
+    # decay epochs to choose, and the last steps are small ones that settle the weights; it
+    # ignores lr_decay_epochs and lr_decay_factor).
+    lr_schedule: Literal["step", "cosine"] = "step"
+    # >0: validation, checkpoints (weights.h5) and so export use an exponential moving average
+    # of the trained weights with this decay (e.g. 0.999, about the last 1000 steps), which
+    # predicts better than the last step's noisy weights; training goes on from the raw ones.
+    # 0: off.
+    ema_decay: float = 0.0
     loss_weights: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(LOSS_NAMES, 1.0))
     mixed_precision: bool = False  # float16 compute with loss scaling; for GPUs
     eval_every: int = 5  # validation mask AP every this many epochs (and at the end); 0: never
@@ -270,6 +321,17 @@ class TrainConfig(Section):
         for name in ("warmup_steps", "eval_every", "max_failures"):
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(0 < self.lr_decay_factor <= 1, "train.lr_decay_factor", "must be within (0, 1]")
+        _check(
+            self.lr_schedule != "cosine" or self.warmup_steps < self.epochs * self.steps_per_epoch,
+            "train.warmup_steps",
+            f"must be below the run's {self.epochs * self.steps_per_epoch} steps (train.epochs * "
+            "train.steps_per_epoch) under train.lr_schedule=cosine, which decays after the warm-up",
+        )
+        _check(
+            0.0 <= self.ema_decay < 1.0,
+            "train.ema_decay",
+            f"must be 0 (off) or within (0, 1), e.g. 0.999; got {self.ema_decay}",
+        )
         _check(
             all(e >= 1 for e in self.lr_decay_epochs)
             and list(self.lr_decay_epochs) == sorted(set(self.lr_decay_epochs)),

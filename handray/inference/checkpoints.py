@@ -4,8 +4,10 @@ A checkpoint is a folder that Ray Train stores under `STORAGE/RUN_NAME/checkpoin
 (`handray.train.checkpoint` writes it):
 
   weights.h5      every weighted layer by name (the Keras-2 layout the old model used, so the
-                  weights loader reads old and new files alike)
-  optimizer.npz   optimizer variables by name (momentum, step counter), for an exact resume
+                  weights loader reads old and new files alike); with `train.ema_decay` the
+                  averaged weights, which evaluation, predictions and exports use
+  optimizer.npz   optimizer variables by name (momentum, step counter) and, with averaging, the
+                  raw weights as `raw/<variable>`, for an exact resume
   config.yaml     the config the run trained with; `evaluate`, `predict` and `export` rebuild
                   the model from it
   state.json      epoch, step, the metrics of every epoch so far, how often the run started,

@@ -52,8 +52,13 @@ def training_diagnostics(
     proposal_valid: tf.Tensor,
     targets: RoiTargets,
     class_logits: tf.Tensor,
+    class_ids: tf.Tensor,
 ) -> dict[str, tf.Tensor]:
-    """The numbers named in DIAGNOSTIC_NAMES for one batch (scalars, 0 where undefined)."""
+    """The numbers named in DIAGNOSTIC_NAMES for one batch (scalars, 0 where undefined).
+
+    `class_logits` [B, T, K] are the box head's scores and `class_ids` [B, T] the sampled
+    ROIs' classes in the same terms (hand or background when a side head decides the side).
+    """
     predicted = tf.argmax(class_logits, axis=-1, output_type=tf.int32)
     side = tf.argmax(class_logits[..., 1:], axis=-1, output_type=tf.int32) + 1
     positive = targets.positive
@@ -62,6 +67,6 @@ def training_diagnostics(
         "proposal_recall_50": proposal_recall(proposals, proposal_valid, gt_boxes, real, 0.5),
         "proposal_recall_70": proposal_recall(proposals, proposal_valid, gt_boxes, real, 0.7),
         "roi_positive_ratio": _share(positive, targets.valid),
-        "head_fg_accuracy": _share(predicted == targets.class_ids, positive),
-        "handedness_accuracy": _share(side == targets.class_ids, positive),
+        "head_fg_accuracy": _share(predicted == class_ids, positive),
+        "handedness_accuracy": _share(side == class_ids, positive),
     }

@@ -117,7 +117,9 @@ class MaskRCNN(keras.Model):
             return tf.function(self._inference, jit_compile=bool(jit_compile))
         features = tf.function(self._rpn_stage)
         heads = tf.function(self._head_stage, jit_compile=True)
-        return lambda images, windows, min_score: heads(*features(images), windows, min_score)
+        return lambda images, windows, min_score: heads(
+            *features(images), images, windows, min_score
+        )
 
     def _inference(self, images: tf.Tensor, windows: tf.Tensor, min_score) -> dict[str, tf.Tensor]:
         """Padded images [B, S, S, 3], windows [B, 4] (pixels) and the lowest score to keep
@@ -126,7 +128,7 @@ class MaskRCNN(keras.Model):
         `output` key (masks [B, D, h, w]: probabilities of each detection's class, relative to
         its box; keypoints [B, D, K, 3]).
         """
-        return self._head_stage(*self._rpn_stage(images), windows, min_score)
+        return self._head_stage(*self._rpn_stage(images), images, windows, min_score)
 
     def _rpn_stage(self, images: tf.Tensor):
         """Feature pyramid and RPN outputs (the convolutional bulk of inference)."""
@@ -135,9 +137,10 @@ class MaskRCNN(keras.Model):
         return pyramid, rpn_probs, rpn_deltas
 
     def _head_stage(
-        self, pyramid, rpn_probs, rpn_deltas, windows, min_score
+        self, pyramid, rpn_probs, rpn_deltas, images, windows, min_score
     ) -> dict[str, tf.Tensor]:
-        """Proposals, the box head's detections, and every ROI head on them."""
+        """Proposals, the box head's detections, and every ROI head on them, in order (a
+        head may relabel and reorder the detections the next ones see)."""
         windows = self._normalise(windows)
         rois, roi_valid = self._proposals(
             rpn_probs, rpn_deltas, windows, self._settings.post_nms_rois_inference
@@ -146,8 +149,11 @@ class MaskRCNN(keras.Model):
             pyramid, rois, roi_valid, windows, self.image_size, min_score
         )
         for head in self.roi_heads:
-            outputs = head.run(pyramid, detections["boxes"], self.image_size, training=False)
+            outputs = head.run(
+                pyramid, detections["boxes"], self.image_size, training=False, images=images
+            )
             detections[head.output] = head.decode(outputs, detections)
+            detections = head.refine(detections, outputs)
         return detections
 
     def train_step_losses(
@@ -225,9 +231,13 @@ class MaskRCNN(keras.Model):
             class_ids=targets.class_ids[:, :slots],
             positive=targets.positive[:, :slots],
         )
+        diagnostics = {}
         for head in self.roi_heads:
-            outputs = head.run(pyramid, sample.rois, self.image_size, training=training)
+            outputs = head.run(
+                pyramid, sample.rois, self.image_size, training=training, images=batch["image"]
+            )
             values[head.loss_name] = head.loss(truth, sample, outputs)
+            diagnostics.update(head.diagnostics(truth, sample, outputs))
         values = {**{name: tf.constant(0.0) for name in LOSS_NAMES}, **values}
         real, _ = real_and_crowd(truth.class_ids, truth.crowd)
         values.update(
@@ -238,9 +248,11 @@ class MaskRCNN(keras.Model):
                 proposals,
                 proposal_valid,
                 targets,
-                class_logits,
+                self.box_head.scored_logits(class_logits),
+                self.box_head.scored_classes(targets.class_ids),
             )
         )
+        values.update(diagnostics)  # a head's own numbers replace the box head's
         return values
 
     def _normalise(self, pixels: tf.Tensor) -> tf.Tensor:

@@ -172,3 +172,68 @@ def _sample_positions(start: tf.Tensor, end: tf.Tensor, size: tf.Tensor, count: 
         return (0.5 * (start + end) * extent)[:, None]
     step = (end - start) * extent / float(count - 1)
     return (start * extent)[:, None] + tf.range(count, dtype=tf.float32)[None, :] * step[:, None]
+
+
+def turned_crops(
+    images: tf.Tensor, centres: tf.Tensor, sides: tf.Tensor, angles: tf.Tensor, size: int
+) -> tf.Tensor:
+    """Square crops turned by an angle, sampled bilinearly with gathers (XLA compiles them).
+
+    images [B, H, W, C]; centres [B, R, 2] (y, x in pixels), sides [B, R] (pixels) and angles
+    [B, R] (radians, clockwise on the image: the crop's up is the image direction
+    (sin a, -cos a) in (x, y)). Returns [B, R, size, size, C] float32; points outside the
+    image read 0 (see `_sample_points`). Gradients flow to the images, not to the geometry.
+    """
+    images = tf.cast(images, tf.float32)
+    centres, sides, angles = (
+        tf.stop_gradient(tf.cast(t, tf.float32)) for t in (centres, sides, angles)
+    )
+    shape = tf.shape(images)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    rois = tf.shape(centres)[1]
+    # Crop coordinates in [-0.5, 0.5] at pixel centres: u to the right, v down.
+    steps = (tf.range(size, dtype=tf.float32) + 0.5) / float(size) - 0.5
+    v, u = tf.meshgrid(steps, steps, indexing="ij")  # [size, size]
+    cos, sin = tf.cos(angles)[..., None, None], tf.sin(angles)[..., None, None]
+    scale = sides[..., None, None]
+    # Pixel-centre convention: pixel (i, j) covers [i, i + 1), its centre is at i + 0.5.
+    xs = centres[..., 1, None, None] + scale * (u * cos - v * sin) - 0.5
+    ys = centres[..., 0, None, None] + scale * (u * sin + v * cos) - 0.5
+    base = tf.range(batch)[:, None, None, None] * height * width
+    values = _sample_points(
+        tf.reshape(images, [-1, channels]),
+        tf.broadcast_to(base, tf.shape(ys)),
+        height,
+        width,
+        ys,
+        xs,
+    )
+    return tf.reshape(values, tf.stack([batch, rois, size, size, channels]))
+
+
+def _sample_points(
+    pixels: tf.Tensor, base: tf.Tensor, height: tf.Tensor, width: tf.Tensor, ys, xs
+) -> tf.Tensor:
+    """Bilinear values [..., C] at pixel positions ys, xs [...] of maps stored row-major in
+    `pixels` [T, C], each point's map starting at row `base` [...]. A point within the map's
+    area (half a pixel beyond the outer centres) reads the nearest border values, as PIL's
+    transforms do; points beyond read 0."""
+    y_max = tf.cast(height - 1, tf.float32)
+    x_max = tf.cast(width - 1, tf.float32)
+    inside = (ys >= -0.5) & (ys <= y_max + 0.5) & (xs >= -0.5) & (xs <= x_max + 0.5)
+    ys = tf.clip_by_value(ys, 0.0, y_max)
+    xs = tf.clip_by_value(xs, 0.0, x_max)
+    top, left = tf.floor(ys), tf.floor(xs)
+    y_lerp, x_lerp = (ys - top)[..., None], (xs - left)[..., None]
+    top_row = base + tf.cast(top, tf.int32) * width
+    bottom_row = base + tf.cast(tf.math.ceil(ys), tf.int32) * width
+    left_col, right_col = tf.cast(left, tf.int32), tf.cast(tf.math.ceil(xs), tf.int32)
+    corners = tf.stack(
+        [top_row + left_col, top_row + right_col, bottom_row + left_col, bottom_row + right_col],
+        axis=-1,
+    )
+    top_left, top_right, bottom_left, bottom_right = tf.unstack(tf.gather(pixels, corners), axis=-2)
+    upper = top_left + (top_right - top_left) * x_lerp
+    lower = bottom_left + (bottom_right - bottom_left) * x_lerp
+    values = upper + (lower - upper) * y_lerp
+    return tf.where(inside[..., None], values, tf.zeros_like(values))

@@ -8,10 +8,13 @@ which only supplies the strategy and what to do with each epoch's report.
 
 The recipe is the old model's: SGD with momentum, gradient clipping, L2 weight decay in the
 loss, plus a linear warm-up, step decay, and staged training (heads, then `4+`, then `all`).
+Optional: a cosine decay to zero instead of the steps (`train.lr_schedule`), and averaged
+weights for validation and checkpoints (`train.ema_decay`, `averaging.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -42,7 +45,8 @@ from handray.model.weights import (
     load_imagenet_weights,
     load_weights,
 )
-from handray.train.checkpoint import restore_optimizer, write_checkpoint
+from handray.train.averaging import WeightAverages
+from handray.train.checkpoint import restore_optimizer, restore_raw_weights, write_checkpoint
 from handray.train.step import make_train_step, recipe_losses
 
 Report = Callable[[dict[str, float], Path | None], None]
@@ -74,10 +78,7 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         passed = tf.reduce_sum(
             tf.cast(step >= tf.constant([*self.boundaries, math.inf]), tf.float32)
         )
-        rate = self.rate * tf.pow(self.factor, passed)
-        if self.warmup_steps:
-            rate *= tf.minimum(1.0, 0.1 + 0.9 * step / self.warmup_steps)
-        return rate
+        return _warmed_up(self.rate * tf.pow(self.factor, passed), step, self.warmup_steps)
 
     def get_config(self) -> dict:
         return {
@@ -88,18 +89,53 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate: the same linear ramp over `warmup_steps`, then half a cosine from `rate`
+    down to 0 at `total_steps` (the run's end), and 0 after."""
+
+    def __init__(self, rate: float, warmup_steps: int, total_steps: int):
+        self.rate, self.warmup_steps, self.total_steps = rate, warmup_steps, total_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        rate = self.rate * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return _warmed_up(rate, step, self.warmup_steps)
+
+    def get_config(self) -> dict:
+        return {
+            "rate": self.rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def _warmed_up(rate: tf.Tensor, step: tf.Tensor, warmup_steps: int) -> tf.Tensor:
+    """`rate` scaled by the warm-up: from a tenth at step 0 linearly to all of it."""
+    if not warmup_steps:
+        return rate
+    return rate * tf.minimum(1.0, 0.1 + 0.9 * step / warmup_steps)
+
+
 def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
-    """`train.optimizer` on the warm-up/step-decay schedule; loss-scaled for mixed precision.
+    """`train.optimizer` on the warm-up and `train.lr_schedule`'s decay; loss-scaled for
+    mixed precision.
 
     SGD with momentum is the old recipe (for fine-tuning old weights); Adam and AdamW train
     a model from scratch far faster on small CPU runs (benchmarks/README.md).
     """
-    schedule = WarmupStepDecay(
-        train.learning_rate,
-        train.warmup_steps,
-        [epoch * train.steps_per_epoch for epoch in train.lr_decay_epochs],
-        train.lr_decay_factor,
-    )
+    if train.lr_schedule == "cosine":
+        schedule = WarmupCosineDecay(
+            train.learning_rate, train.warmup_steps, train.epochs * train.steps_per_epoch
+        )
+    else:
+        schedule = WarmupStepDecay(
+            train.learning_rate,
+            train.warmup_steps,
+            [epoch * train.steps_per_epoch for epoch in train.lr_decay_epochs],
+            train.lr_decay_factor,
+        )
     # Fixed names: Keras numbers unnamed optimizers (sgd_1, ...) and checkpoints store their
     # variables by path.
     if train.optimizer == "adamw":
@@ -176,14 +212,22 @@ def train_worker(
         with strategy.scope():
             model = build_model(config)
             optimizer = make_optimizer(config.train)
-            optimizer.build(_stage_variables(model, config.train))
+            trained = _stage_variables(model, config.train)
+            optimizer.build(trained)
             if resume_from:
                 load_weights(model, Path(resume_from) / WEIGHTS_FILE)
                 restore_optimizer(optimizer, resume_from)
-                context.log(f"resumed from {resume_from} after epoch {state.epoch}")
             elif (report := load_start_weights(model, start_weights, config)) is not None:
                 context.log(f"start weights ({start_weights}): {report}")
-        _Epochs(config, model, optimizer, train_set, val_set, context, state).run()
+            # The averages start from the weights loaded: on resume, weights.h5's averages.
+            averages = None
+            if config.train.ema_decay > 0:
+                averages = WeightAverages(trained, config.train.ema_decay, optimizer.iterations)
+            if resume_from:
+                # Training goes on from the raw weights, which a checkpoint under averaging keeps.
+                restore_raw_weights(trained, resume_from)
+                context.log(f"resumed from {resume_from} after epoch {state.epoch}")
+        _Epochs(config, model, optimizer, averages, train_set, val_set, context, state).run()
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return state
@@ -192,8 +236,9 @@ def train_worker(
 class _Epochs:
     """The epoch loop of `train_worker`, with the pieces it keeps between epochs."""
 
-    def __init__(self, config, model, optimizer, train_set, val_set, context, state):
+    def __init__(self, config, model, optimizer, averages, train_set, val_set, context, state):
         self.run_config, self.model, self.optimizer = config, model, optimizer
+        self.averages: WeightAverages | None = averages
         self.context, self.state, self.val_set = context, state, val_set
         self._predictor = None  # built at the first validation AP
         strategy = context.strategy
@@ -224,16 +269,26 @@ class _Epochs:
             metrics = self._train_epoch(step)
             if self.context.strategy.num_replicas_in_sync > 1:
                 self.average_statistics()
-            metrics.update(self._validation_losses())
-            if context.is_chief and self._evaluates(epoch):
-                metrics.update(self._validation_ap())
+            with self._averaged_weights():
+                metrics.update(self._validation_losses())
+                if context.is_chief and self._evaluates(epoch):
+                    metrics.update(self._validation_ap())
             self._finish_epoch(epoch, metrics)
+
+    def _averaged_weights(self) -> contextlib.AbstractContextManager:
+        """The weights validation sees: the averages under `train.ema_decay`, else the raw."""
+        return self.averages.applied() if self.averages is not None else contextlib.nullcontext()
 
     def _replica_step(self):
         jit = bool(tf.config.list_physical_devices("GPU"))  # XLA training is slower on CPUs
         replicas = self.context.strategy.num_replicas_in_sync
         return make_train_step(
-            self.model, self.optimizer, self.run_config, jit_compile=jit, replicas=replicas
+            self.model,
+            self.optimizer,
+            self.run_config,
+            jit_compile=jit,
+            replicas=replicas,
+            after_update=self.averages.update if self.averages is not None else None,
         )
 
     def _distribute(self, dataset: CocoDataset, config: Config, training: bool):
@@ -343,7 +398,9 @@ class _Epochs:
             self.writer.flush()
         staging = Path(tempfile.mkdtemp(prefix="handray-checkpoint-"))
         try:
-            write_checkpoint(staging, self.model, self.run_config, state, self.optimizer)
+            write_checkpoint(
+                staging, self.model, self.run_config, state, self.optimizer, self.averages
+            )
             context.report(metrics, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -71,12 +71,14 @@ def make_train_step(
     config: Config,
     jit_compile: bool = False,
     replicas: int = 1,
+    after_update: Callable[[], None] | None = None,
 ) -> Callable[[dict], dict]:
     """A compiled function batch -> loss dict, updating the model's trainable weights; run it
     directly in one process or with `strategy.run` on each of `replicas` replicas.
 
     `jit_compile` XLA-compiles the losses and gradients; the update stays outside XLA, where
-    cross-replica sums work.
+    cross-replica sums work. `after_update` runs in the same graph after the update, so it sees
+    the new weights (the weight averages of `train.ema_decay`).
     """
     gradients_of = tf.function(
         lambda batch: loss_gradients(model, optimizer, batch, config), jit_compile=jit_compile
@@ -87,6 +89,8 @@ def make_train_step(
         if replicas > 1:
             gradients = [g / replicas for g in gradients]
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        if after_update is not None:
+            after_update()
         return values
 
     return tf.function(step)

@@ -147,8 +147,12 @@ def test_predict_json_and_overlays(tiny_checkpoint, tmp_path, monkeypatch, capsy
     assert predictions, "an untrained model at min score 0 still reports boxes"
     for record in records:
         for p in record["predictions"]:
-            assert set(p) == {"roi", "bbox", "class_id", "class_name", "score", "mask", "keypoints"}
+            old = {"roi", "bbox", "class_id", "class_name", "score", "mask"}
+            assert set(p) == old | {"keypoints", "side_score"}
             assert p["class_name"] == ("left_hand", "right_hand")[p["class_id"] - 1]
+            # The side's own probability: at least a coin toss; the score is p(hand) x p(side),
+            # so never above it.
+            assert 0.5 <= p["side_score"] <= 1.0 and p["score"] <= p["side_score"] + 1e-5
             y1, x1, y2, x2 = p["roi"]
             assert p["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
             assert mask_utils.decode(p["mask"]).shape == (record["height"], record["width"])

@@ -39,6 +39,7 @@ def test_detect_maps_boxes_and_masks_back_to_original_pixels(predictor, monkeypa
             "valid": tf.constant([[True], [True]]),
             "masks": tf.ones([2, 1, 28, 28]),
             "keypoints": tf.zeros([2, 1, 21, 3]),
+            "side_score": tf.constant([[0.7], [0.6]]),
         }
 
     monkeypatch.setattr(model, "predict_padded", fake_predict)
@@ -52,6 +53,7 @@ def test_detect_maps_boxes_and_masks_back_to_original_pixels(predictor, monkeypa
         np.testing.assert_array_equal(result.masks[0], expected)
     assert [r.class_ids.tolist() for r in results] == [[1], [2]]
     assert [r.names for r in results] == [["left_hand"], ["right_hand"]]
+    assert [float(r.extras["side_score"][0]) for r in results] == pytest.approx([0.7, 0.6])
 
 
 def test_detect_output_types_on_real_inference(predictor):

@@ -59,6 +59,7 @@ def test_head_accuracies_and_positive_ratio_count_the_right_rois():
         proposal_valid=tf.zeros([1, 4], bool),
         targets=targets,
         class_logits=logits,
+        class_ids=class_ids,
     )
     values = {k: float(v) for k, v in out.items()}
     expected = {

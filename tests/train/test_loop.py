@@ -1,6 +1,7 @@
 """The training loop in one process: schedule, stages, checkpoints and exact resumption."""
 
 import json
+import re
 import shutil
 
 import keras
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from handray.config import load_config
+from handray.core.errors import ConfigError
 from handray.data.synthetic import generate_dataset
 from handray.inference.checkpoints import (
     OPTIMIZER_FILE,
@@ -15,9 +17,18 @@ from handray.inference.checkpoints import (
     latest_checkpoint,
     read_state,
 )
+from handray.model import build_model
 from handray.model.weights import load_weights
-from handray.train.checkpoint import write_checkpoint
-from handray.train.loop import WarmupStepDecay, WorkerContext, stage_at, train_worker
+from handray.train import loop
+from handray.train.checkpoint import RAW_PREFIX, write_checkpoint
+from handray.train.loop import (
+    WarmupCosineDecay,
+    WarmupStepDecay,
+    WorkerContext,
+    make_optimizer,
+    stage_at,
+    train_worker,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +79,62 @@ def test_warmup_and_step_decay_follow_the_numpy_reference():
     )
     actual = np.array([float(schedule(s)) for s in steps])
     np.testing.assert_allclose(actual, expected, rtol=1e-6)
+
+
+def test_warmup_and_cosine_decay_follow_the_closed_form():
+    schedule = WarmupCosineDecay(0.02, warmup_steps=10, total_steps=70)
+    steps = np.arange(0, 80)
+    progress = np.clip((steps - 10) / 60, 0.0, 1.0)
+    expected = 0.02 * np.minimum(1.0, 0.1 + 0.9 * steps / 10) * 0.5 * (1 + np.cos(np.pi * progress))
+    actual = np.array([float(schedule(s)) for s in steps])
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-9)
+    assert float(schedule(0)) == pytest.approx(0.002)  # a tenth at the start of the warm-up
+    assert float(schedule(5)) == pytest.approx(0.02 * 0.55)  # halfway up the ramp
+    assert float(schedule(10)) == pytest.approx(0.02)  # the full rate after the warm-up
+    assert float(schedule(40)) == pytest.approx(0.01)  # half of it halfway through the decay
+    assert float(schedule(70)) == 0.0 and float(schedule(79)) == 0.0  # zero at the end
+
+
+def test_make_optimizer_decays_to_zero_at_the_runs_last_step_under_cosine():
+    config = load_config(
+        "tiny",
+        {
+            "train.lr_schedule": "cosine",
+            "train.epochs": 4,
+            "train.steps_per_epoch": 25,
+            "train.warmup_steps": 20,
+            "train.lr_decay_epochs": [2],  # the step schedule's; cosine ignores it
+        },
+    )
+    optimizer = make_optimizer(config.train)
+    rate = config.train.learning_rate
+    for step, expected in [(20, rate), (60, rate / 2), (99, None), (100, 0.0)]:
+        optimizer.iterations.assign(step)
+        if expected is None:
+            assert 0 < float(optimizer.learning_rate) < rate * 1e-3
+        else:
+            assert float(optimizer.learning_rate) == pytest.approx(expected, abs=1e-9)
+    stepped = load_config("tiny", {"train.lr_decay_epochs": [2]}).train
+    optimizer = make_optimizer(stepped)
+    optimizer.iterations.assign(10_000)
+    assert float(optimizer.learning_rate) == pytest.approx(0.1 * stepped.learning_rate)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.lr_schedule": "linear"}, "train.lr_schedule: 'linear' is not one of"),
+        (
+            {"train.lr_schedule": "cosine", "train.epochs": 2, "train.steps_per_epoch": 3},
+            "train.warmup_steps: must be below the run's 6 steps",
+        ),
+        ({"train.ema_decay": 1.0}, "train.ema_decay: must be 0 (off) or within (0, 1)"),
+        ({"train.ema_decay": -0.1}, "train.ema_decay: must be 0 (off) or within (0, 1)"),
+    ],
+)
+def test_bad_schedule_and_averaging_values_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("tiny", overrides)
 
 
 def test_stages_follow_the_old_recipe():
@@ -202,3 +269,76 @@ def test_group_norm_with_adam_trains_and_checkpoints_its_optimizer(hands, tmp_pa
     fresh = make_optimizer(config.train)
     fresh.build(model.trainable_variables)
     assert restore_optimizer(fresh, collector.checkpoints[0]) == len(fresh.variables)
+
+
+def spy_on_runs(monkeypatch) -> list[tuple[dict, dict]]:
+    """Record each `train_worker` run's raw weights and averages at its start and end: what
+    the model and the shadows hold, which the checkpoint files are compared with."""
+    runs = []
+    original = loop._Epochs.run
+
+    def snapshot(epochs) -> dict:
+        averages = epochs.averages
+        return {
+            "raw": {v.path: v.numpy() for v in averages.variables},
+            "average": {
+                v.path: s.numpy() for v, s in zip(averages.variables, averages.shadows, strict=True)
+            },
+        }
+
+    def run(epochs):
+        start = snapshot(epochs)
+        original(epochs)
+        runs.append((start, snapshot(epochs)))
+
+    monkeypatch.setattr(loop._Epochs, "run", run)
+    return runs
+
+
+def checkpoint_weights(config, checkpoint) -> tuple[dict, dict]:
+    """weights.h5 and the raw weights of the optimizer file, by variable path."""
+    model = build_model(config, jit_compile=False)
+    load_weights(model, checkpoint / WEIGHTS_FILE)
+    with np.load(checkpoint / OPTIMIZER_FILE) as saved:
+        raw = {
+            k.removeprefix(RAW_PREFIX): saved[k] for k in saved.files if k.startswith(RAW_PREFIX)
+        }
+    return {v.path: v.numpy() for v in model.weights}, raw
+
+
+@pytest.mark.slow  # training runs
+def test_averaged_weights_are_checkpointed_and_a_resume_trains_on_the_raw_ones(
+    hands, tmp_path, monkeypatch
+):
+    runs = spy_on_runs(monkeypatch)
+    ema = {"train.ema_decay": 0.9, "train.stages": {"heads": 1, "all": 2}}
+    config = small_config(**ema)
+    first = Collector(tmp_path / "first")
+    train_worker(config, hands, WorkerContext(report=first))
+    start, end = runs[0]
+    in_file, raw = checkpoint_weights(config, first.checkpoints[-1])
+    assert raw.keys() == end["raw"].keys()
+    for path, average in end["average"].items():
+        np.testing.assert_array_equal(in_file[path], average, err_msg=path)  # weights.h5
+        np.testing.assert_array_equal(raw[path], end["raw"][path], err_msg=path)
+    differing = [p for p in raw if not np.array_equal(raw[p], in_file[p])]
+    assert len(differing) > len(raw) // 2  # the averages are not the raw weights
+    # The heads stage froze the backbone: after it, conv1's average is its start value exactly.
+    in_file, raw = checkpoint_weights(config, first.checkpoints[0])
+    conv1 = "conv1/kernel"  # the backbone's first convolution
+    np.testing.assert_array_equal(in_file[conv1], start["raw"][conv1])
+    np.testing.assert_array_equal(raw[conv1], start["raw"][conv1])
+
+    # The resumed run starts from the raw weights, with the averages in its shadows.
+    second = Collector(tmp_path / "second")
+    state = train_worker(
+        small_config(**ema, **{"train.epochs": 3}),
+        hands,
+        WorkerContext(report=second),
+        resume_from=first.checkpoints[-1],
+    )
+    resumed, _ = runs[1]
+    for path in end["raw"]:
+        np.testing.assert_array_equal(resumed["raw"][path], end["raw"][path], err_msg=path)
+        np.testing.assert_array_equal(resumed["average"][path], end["average"][path], err_msg=path)
+    assert (state.epoch, state.step) == (3, 9) and np.isfinite(second.metrics[0]["val_loss"])

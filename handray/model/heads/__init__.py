@@ -11,9 +11,11 @@ from handray.model.heads.base import GroundTruth, PixelFrame, RoiHead, RoiSample
 from handray.model.heads.box import BoxHead
 from handray.model.heads.keypoint import KeypointHead
 from handray.model.heads.mask import MaskHead
+from handray.model.heads.side import SideHead
 from handray.model.norm import Norm
 
-ROI_HEADS: tuple[type[RoiHead], ...] = (MaskHead, KeypointHead)
+# The side head comes first: it labels each detection's class, which the mask head decodes.
+ROI_HEADS: tuple[type[RoiHead], ...] = (SideHead, MaskHead, KeypointHead)
 
 
 def build_roi_heads(settings: ModelConfig, norm: Norm) -> list[RoiHead]:
@@ -30,5 +32,6 @@ __all__ = [
     "PixelFrame",
     "RoiHead",
     "RoiSample",
+    "SideHead",
     "build_roi_heads",
 ]

@@ -21,6 +21,15 @@ from handray.config import ModelConfig
 from handray.model.norm import Norm
 from handray.model.roi_align import pyramid_roi_align
 
+# Pixels that heads read themselves (the side head's crops, the keypoint head's pixel branch)
+# are mean-subtracted and divided by this, so they start near unit scale.
+PIXEL_SCALE = 64.0
+
+
+def head_pixels(images: tf.Tensor, mean_pixel: tf.Tensor) -> tf.Tensor:
+    """Padded input images [B, S, S, 3] as the pixel-reading heads see them."""
+    return (tf.cast(images, tf.float32) - mean_pixel) / PIXEL_SCALE
+
 
 @dataclass(frozen=True)
 class GroundTruth:
@@ -98,9 +107,15 @@ class RoiHead:
         raise NotImplementedError
 
     def run(
-        self, pyramid: list[tf.Tensor], boxes: tf.Tensor, image_size: int, training: bool
+        self,
+        pyramid: list[tf.Tensor],
+        boxes: tf.Tensor,
+        image_size: int,
+        training: bool,
+        images: tf.Tensor | None = None,
     ) -> tf.Tensor:
-        """The network on ROI-aligned features of boxes [B, D, 4] -> float32 [B, D, ...]."""
+        """The network on ROI-aligned features of boxes [B, D, 4] -> float32 [B, D, ...].
+        `images` (the padded input pixels) are there for a head that reads pixels."""
         pooled = pyramid_roi_align(pyramid[:4], boxes, self.pool_size, image_size)
         out = self.network(tf.reshape(pooled, [-1, *pooled.shape[2:]]), training=training)
         out = tf.cast(out, tf.float32)
@@ -113,6 +128,17 @@ class RoiHead:
     def decode(self, outputs: tf.Tensor, detections: dict[str, tf.Tensor]) -> tf.Tensor:
         """Outputs on detections [B, D, ...] -> the head's result, normalised to the square."""
         raise NotImplementedError
+
+    def diagnostics(
+        self, ground_truth: GroundTruth, sample: RoiSample, outputs: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """Per-stage training numbers of this head (scalars), beside the model's own."""
+        return {}
+
+    def refine(self, detections: dict[str, tf.Tensor], outputs: tf.Tensor) -> dict:
+        """The detections once this head has run on them: unchanged for most heads; a head
+        that decides the class (the side head) relabels, rescores and reorders them."""
+        return detections
 
     def to_original(self, values: tf.Tensor, frame: PixelFrame) -> tf.Tensor:
         """The decoded result [B, N, ...] in each original image's pixels, zero where dropped."""

@@ -26,6 +26,10 @@ class BoxHead:
 
     def __init__(self, settings: ModelConfig, norm: Norm):
         self.settings = settings
+        # With a side head the box head only says hand or background: its classifier keeps
+        # one output per class (the old files' shapes), scored as background against the
+        # sum of the hand classes, and regresses every hand's box with the first class's deltas.
+        self.hand_only = settings.side_head
         self.std_dev = tf.constant(settings.bbox_std_dev, tf.float32)
         self.network = build_box_head(
             settings.pool_size,
@@ -67,7 +71,23 @@ class BoxHead:
         targets = tf.where(
             positive[..., None], encode_boxes(rois, matched_boxes, self.std_dev), 0.0
         )
-        return class_loss(class_ids, valid, logits), box_loss(class_ids, positive, targets, deltas)
+        scored = self.scored_classes(class_ids)
+        return (
+            class_loss(scored, valid, self.scored_logits(logits)),
+            box_loss(scored, positive, targets, deltas),
+        )
+
+    def scored_logits(self, logits: tf.Tensor) -> tf.Tensor:
+        """Class logits [..., K] as the head is trained on them: all K classes, or background
+        against any hand ([..., 2], the hand classes' log-sum-exp) in hand-only mode."""
+        if not self.hand_only:
+            return logits
+        hand = tf.reduce_logsumexp(logits[..., 1:], axis=-1)
+        return tf.stack([logits[..., 0], hand], axis=-1)
+
+    def scored_classes(self, class_ids: tf.Tensor) -> tf.Tensor:
+        """Class ids in the terms of `scored_logits`: 1 for every hand in hand-only mode."""
+        return tf.minimum(class_ids, 1) if self.hand_only else class_ids
 
     def detect(
         self,
@@ -81,6 +101,10 @@ class BoxHead:
         """Proposals [B, R, 4] -> detections (see `refine_detections`), normalised."""
         settings = self.settings
         _, probs, deltas = self.classify(pyramid, rois, image_size, training=False)
+        per_class = settings.detection_per_class
+        if self.hand_only:  # one detection per ROI, scored p(hand); the side head labels it
+            probs = tf.stack([probs[..., 0], 1.0 - probs[..., 0]], axis=-1)
+            deltas, per_class = deltas[:, :, :2], False
         return refine_detections(
             rois,
             roi_valid,
@@ -91,7 +115,7 @@ class BoxHead:
             min_confidence=min_score,
             nms_threshold=settings.detection_nms_threshold,
             max_instances=settings.detection_max_instances,
-            per_class=settings.detection_per_class,
+            per_class=per_class,
         )
 
     @staticmethod

@@ -68,7 +68,7 @@ def with_area_head(monkeypatch):
 def test_a_registered_head_trains_with_the_model(with_area_head, small_dataset):
     config = load_config("tiny")
     model = build_model(config, jit_compile=False)
-    assert [h.output for h in model.roi_heads] == ["masks", "keypoints", "box_area"]
+    assert [h.output for h in model.roi_heads] == ["side_score", "masks", "keypoints", "box_area"]
     assert model.get_layer("test_area_fc") is not None  # found by name, as weights load
     batch = next(iter(build_dataset(load_dataset(small_dataset), config, training=True)))
     with tf.GradientTape() as tape:

@@ -82,9 +82,25 @@ def test_refine_detections_matches_a_per_class_numpy_reference(per_class):
     assert not out["boxes"][0, count:].numpy().any()
 
 
-@pytest.fixture(scope="module")
-def head() -> BoxHead:
-    return BoxHead(load_config("tiny").model, Norm())
+@pytest.fixture(scope="module", params=[False, True], ids=["with-sides", "hand-only"])
+def head(request) -> BoxHead:
+    """The box head deciding the side (the old files' presets), and in hand-or-background
+    mode (with a side head, `tiny`'s), where every hand regresses with class 1's deltas."""
+    return BoxHead(load_config("tiny", {"model.side_head": request.param}).model, Norm())
+
+
+def numpy_class_loss(head: BoxHead, class_ids, valid, logits) -> float:
+    """Softmax cross-entropy of the valid ROIs; in hand-only mode over (background, any hand)."""
+    logits, class_ids = np.asarray(logits, np.float64), np.asarray(class_ids)
+    if head.hand_only:
+        hands = np.log(np.exp(logits[..., 1:]).sum(-1))
+        logits, class_ids = np.stack([logits[..., 0], hands], -1), np.minimum(class_ids, 1)
+    losses = [
+        softmax_ce(row, target)
+        for row, target, used in zip(logits[0], class_ids[0], np.asarray(valid)[0], strict=True)
+        if used
+    ]
+    return float(np.mean(losses))
 
 
 def test_class_and_box_losses_pick_each_rois_own_class():
@@ -117,15 +133,17 @@ def test_box_targets_are_each_positive_rois_deltas_to_its_hand(head):
     valid = tf.constant([[True, True, True]])
     positive = tf.constant([[True, True, False]])
     class_ids = tf.constant([[2, 1, 0]])
-    logits = tf.zeros([1, 3, 3])
+    logits = tf.constant([[[0.0, 1.0, -1.0], [2.0, 0.5, 0.0], [0.0, 0.0, 3.0]]])
     targets = encode_boxes(rois, matched, head.std_dev).numpy()[0]
     exact = np.zeros((1, 3, 3, 4), np.float32)
-    exact[0, 0, 2], exact[0, 1, 1] = targets[0], targets[1]
+    channel = 1 if head.hand_only else 2  # the first ROI's hand is class 2
+    exact[0, 0, channel], exact[0, 1, 1] = targets[0], targets[1]
     exact[0, 2] = 50.0
     args = (rois, valid, positive, class_ids, matched, logits)
     classes, loss = head.losses(*args, tf.constant(exact))
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
-    np.testing.assert_allclose(classes, class_loss(class_ids, valid, logits), rtol=1e-6)
+    expected = numpy_class_loss(head, class_ids, valid, logits)
+    np.testing.assert_allclose(classes, expected, rtol=1e-6)
     _, loss = head.losses(*args, tf.zeros([1, 3, 3, 4]))
     np.testing.assert_allclose(loss, np.mean(huber(targets[:2])), rtol=1e-5)
 
@@ -152,7 +170,7 @@ def test_a_ground_truth_box_sampled_as_a_roi_has_zero_box_targets(head):
     deltas = np.random.default_rng(0).normal(0, 1, (1, 8, 3, 4)).astype(np.float32)
     boxes, classes, crowd = gt([HAND], [2], [False])
     targets = roi_targets([[0.0] * 4], boxes, classes, crowd)
-    expected = np.mean(huber(deltas[0, 0, 2]))
+    expected = np.mean(huber(deltas[0, 0, 1 if head.hand_only else 2]))
     assert sampled_box_loss(head, targets, boxes, deltas) == pytest.approx(expected, rel=1e-5)
     boxes, classes, crowd = gt([], [], [])
     targets = roi_targets([[0.1, 0.1, 0.2, 0.2]], boxes, classes, crowd)
