@@ -80,8 +80,12 @@ def test_train_step_compiles_with_xla(small_dataset):
     before = [v.numpy() for v in model.trainable_variables]
     losses = step(batch)
     assert np.isfinite(float(losses["loss"]))
+    # The heads that learn from keypoints (the keypoint head, the side head's direction) have
+    # nothing to learn from this dataset, which has none; every other weight moves.
+    without_targets = ("mrcnn_keypoint_", "mrcnn_side_direction_")
     changed = [
         not np.array_equal(b, v.numpy())
         for b, v in zip(before, model.trainable_variables, strict=True)
+        if not v.path.startswith(without_targets)
     ]
     assert sum(changed) > 0.9 * len(changed)
