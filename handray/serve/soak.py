@@ -26,6 +26,11 @@ REPLACED_WITHIN_S = 60
 DEPLOYMENTS = ("Ingress", "HandModel")
 
 
+def _retryable(outcome: Outcome) -> bool:
+    """A JSON 503 with Retry-After: what a request in flight on a lost replica should get."""
+    return outcome.status == 503 and bool(outcome.json_error) and bool(outcome.retry_after)
+
+
 @dataclass
 class SoakReport:
     """What a soak saw: every request's outcome, health polls, RSS samples and the kill."""
@@ -47,17 +52,20 @@ class SoakReport:
         return [o for o in self.good() if o.status != 200]
 
     def bad_not_4xx_json(self) -> list[Outcome]:
+        """Bad inputs not refused with a JSON 4xx. With a replica killed, a bad input in
+        flight on it may get what a good request gets then, a JSON 503 with Retry-After: the
+        server never read it."""
         return [
             o
             for o in self.outcomes
-            if o.probe.bad and not (o.status and 400 <= o.status < 500 and o.json_error)
+            if o.probe.bad
+            and not (o.status and 400 <= o.status < 500 and o.json_error)
+            and not (self.killed is not None and _retryable(o))
         ]
 
     def failures_not_503_json(self) -> list[Outcome]:
         """Failed good requests that are not a JSON 503 with Retry-After."""
-        return [
-            o for o in self.failures() if not (o.status == 503 and o.json_error and o.retry_after)
-        ]
+        return [o for o in self.failures() if not _retryable(o)]
 
     def hung(self) -> list[Outcome]:
         """Requests that waited longer than the proxy's timeout (plus a second of slack)."""
