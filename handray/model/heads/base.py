@@ -31,6 +31,12 @@ def head_pixels(images: tf.Tensor, mean_pixel: tf.Tensor) -> tf.Tensor:
     return (tf.cast(images, tf.float32) - mean_pixel) / PIXEL_SCALE
 
 
+def per_box(rows: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
+    """A network's output with one row per box [B * D, ...] as float32 [B, D, ...]."""
+    rows = tf.cast(rows, tf.float32)
+    return tf.reshape(rows, [tf.shape(boxes)[0], tf.shape(boxes)[1], *rows.shape[1:]])
+
+
 @dataclass(frozen=True)
 class GroundTruth:
     """One training batch's hands: boxes [B, M, 4] normalised to the padded square, class ids
@@ -116,10 +122,15 @@ class RoiHead:
     ) -> tf.Tensor:
         """The network on ROI-aligned features of boxes [B, D, 4] -> float32 [B, D, ...].
         `images` (the padded input pixels) are there for a head that reads pixels."""
+        pooled = self.pooled_features(pyramid, boxes, image_size)
+        return per_box(self.network(pooled, training=training), boxes)
+
+    def pooled_features(
+        self, pyramid: list[tf.Tensor], boxes: tf.Tensor, image_size: int
+    ) -> tf.Tensor:
+        """ROI-aligned features of boxes [B, D, 4], one row per box: [B * D, pool, pool, C]."""
         pooled = pyramid_roi_align(pyramid[:4], boxes, self.pool_size, image_size)
-        out = self.network(tf.reshape(pooled, [-1, *pooled.shape[2:]]), training=training)
-        out = tf.cast(out, tf.float32)
-        return tf.reshape(out, [tf.shape(boxes)[0], tf.shape(boxes)[1], *out.shape[1:]])
+        return tf.reshape(pooled, [-1, *pooled.shape[2:]])
 
     def loss(self, ground_truth: GroundTruth, sample: RoiSample, outputs: tf.Tensor) -> tf.Tensor:
         """The head's loss on the sampled ROIs (a scalar, 0 where nothing qualifies)."""

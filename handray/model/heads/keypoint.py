@@ -22,10 +22,17 @@ from keras import layers
 
 from handray.config import ModelConfig
 from handray.core.geometry import points_to_original
-from handray.model.heads.base import GroundTruth, PixelFrame, RoiHead, RoiSample, head_pixels
+from handray.model.heads.base import (
+    GroundTruth,
+    PixelFrame,
+    RoiHead,
+    RoiSample,
+    head_pixels,
+    per_box,
+)
 from handray.model.losses import masked_mean
 from handray.model.norm import Norm
-from handray.model.roi_align import crop_and_resize, pyramid_roi_align
+from handray.model.roi_align import crop_and_resize
 
 KEYPOINT_LAYER_PREFIX = "mrcnn_keypoint_"
 
@@ -72,11 +79,8 @@ class KeypointHead(RoiHead):
         """Heatmap logits [B, D, S, S, K] from the ROI-aligned features of boxes [B, D, 4],
         and, with `model.keypoint_pixels`, from the box's pixels too (at twice the pooled
         resolution: a hand of 23 px is 6x6 cells of P2, too coarse for 21 points)."""
-        pooled = pyramid_roi_align(pyramid[:4], boxes, self.pool_size, image_size)
-        pooled = tf.reshape(pooled, [-1, *pooled.shape[2:]])
         if not self.settings.keypoint_pixels:
-            out = tf.cast(self.network(pooled, training=training), tf.float32)
-            return tf.reshape(out, [tf.shape(boxes)[0], tf.shape(boxes)[1], *out.shape[1:]])
+            return RoiHead.run(self, pyramid, boxes, image_size, training)
         if images is None:
             raise ValueError("a keypoint head with model.keypoint_pixels reads pixels: images=")
         flat_boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
@@ -85,8 +89,8 @@ class KeypointHead(RoiHead):
         which = tf.repeat(tf.range(tf.shape(boxes)[0]), tf.shape(boxes)[1])
         pixels = head_pixels(images, self.mean_pixel)
         crops = crop_and_resize(pixels, flat_boxes, which, [2 * self.pool_size] * 2)
-        out = tf.cast(self.network([pooled, crops], training=training), tf.float32)
-        return tf.reshape(out, [tf.shape(boxes)[0], tf.shape(boxes)[1], *out.shape[1:]])
+        pooled = self.pooled_features(pyramid, boxes, image_size)
+        return per_box(self.network([pooled, crops], training=training), boxes)
 
     def loss(self, ground_truth: GroundTruth, sample: RoiSample, outputs: tf.Tensor) -> tf.Tensor:
         keypoints = tf.cast(ground_truth.batch["gt_keypoints"], tf.float32)

@@ -29,7 +29,14 @@ import tensorflow as tf
 from keras import layers
 
 from handray.config import ModelConfig
-from handray.model.heads.base import GroundTruth, PixelFrame, RoiHead, RoiSample, head_pixels
+from handray.model.heads.base import (
+    GroundTruth,
+    PixelFrame,
+    RoiHead,
+    RoiSample,
+    head_pixels,
+    per_box,
+)
 from handray.model.losses import masked_mean
 from handray.model.norm import Norm
 from handray.model.roi_align import turned_crops
@@ -102,19 +109,23 @@ class SideHead(RoiHead):
         predicted = tf.math.l2_normalize(outputs[..., :2], axis=-1)
         cosine = tf.reduce_sum(predicted * truth, axis=-1)
         direction_loss = masked_mean(1.0 - cosine, sample.positive & known)
-        logit = self.training_logit(ground_truth, sample, outputs)
+        logit = self._training_logit(ground_truth, sample, outputs, truth, known)
         first = tf.cast(tf.equal(sample.class_ids, 1), tf.float32)
         side_loss = masked_mean(
             tf.nn.sigmoid_cross_entropy_with_logits(labels=first, logits=logit), sample.positive
         )
         return direction_loss + side_loss
 
-    def training_logit(
-        self, ground_truth: GroundTruth, sample: RoiSample, outputs: tf.Tensor
+    def _training_logit(
+        self,
+        ground_truth: GroundTruth,
+        sample: RoiSample,
+        outputs: tf.Tensor,
+        truth: tf.Tensor,
+        known: tf.Tensor,
     ) -> tf.Tensor:
-        """Side logits [B, P] of the sampled ROIs turned by the annotated direction (with a
-        random error), or by the predicted one where the keypoints are not labelled."""
-        truth, known = self._annotated_direction(ground_truth, sample)
+        """Side logits [B, P] of the sampled ROIs turned by the annotated direction `truth`
+        (with a random error), or by the predicted one where it is not `known`."""
         error = tf.random.uniform(tf.shape(known), -TRAINING_TURN_ERROR, TRAINING_TURN_ERROR)
         angle = tf.where(known, _angle(truth) + error, tf.stop_gradient(_angle(outputs[..., :2])))
         if not self.settings.side_upright:
@@ -171,12 +182,12 @@ class SideHead(RoiHead):
     def _direction(self, images, boxes, image_size: int) -> tf.Tensor:
         crops = self._crops(images, boxes, image_size, tf.zeros(tf.shape(boxes)[:2]))
         direction = self.direction_network(crops)
-        return tf.reshape(tf.cast(direction, tf.float32), [*_leading(boxes), 2])
+        return per_box(direction, boxes)
 
     def _side_logit(self, images, boxes, image_size: int, angle: tf.Tensor) -> tf.Tensor:
         crops = self._crops(images, boxes, image_size, angle)
         logit = self.side_network(crops)
-        return tf.reshape(tf.cast(logit, tf.float32), _leading(boxes))
+        return per_box(logit, boxes)[..., 0]
 
     def _annotated_direction(
         self, ground_truth: GroundTruth, sample: RoiSample
