@@ -44,10 +44,10 @@ lint: setup
 demo: setup
 	$(BIN)/handray demo --out runs/demo
 
-# The demo's export over HTTP (http://127.0.0.1:8000/), with JSON errors from Ray's proxy too.
+# The demo's export over HTTP (http://127.0.0.1:8000/), with JSON errors from Ray's proxy too;
+# Ctrl-C (or SIGTERM) drains the requests in flight before it stops.
 serve: setup
-	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=handray.serve.proxy:middlewares \
-		$(BIN)/serve run serve_config.yaml
+	$(BIN)/handray serve serve_config.yaml
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

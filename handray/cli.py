@@ -127,6 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     _add_weights(export)
 
+    serve = _command(
+        commands, "serve", _serve, "serve a Ray Serve config; SIGTERM or Ctrl-C drains, then stops"
+    )
+    serve.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        default=Path("serve_config.yaml"),
+        help="Ray Serve config file (default serve_config.yaml)",
+    )
+    serve.add_argument(
+        "--address",
+        help="join this running Ray cluster (default: start a local one, stopped at the end)",
+    )
+    serve.add_argument(
+        "--num-cpus",
+        type=_positive_int,
+        metavar="N",
+        help="CPUs of the local cluster (default: all)",
+    )
+    serve.add_argument(
+        "--drain-timeout-s",
+        type=_seconds,
+        metavar="S",
+        help="longest wait for the requests in flight at a stop (default: the config's "
+        "http_options.request_timeout_s)",
+    )
+
     demo = _command(commands, "demo", _demo, "run the end-to-end demo on synthetic hands")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="default runs/demo")
     return parser
@@ -192,6 +220,13 @@ def _score(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a score within [0, 1], got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
     return value
 
 
@@ -381,6 +416,17 @@ def _load_predictor(args: argparse.Namespace, batch_size: int = 4):
 
     model, config, weights = _load_model(args)
     return Predictor(model, Thresholds.from_config(config), batch_size), config, weights
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from handray.serve.supervisor import serve_config
+
+    return serve_config(
+        args.config,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        drain_timeout_s=args.drain_timeout_s,
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -158,3 +158,20 @@ def test_ray_starts_with_the_autoscaler_and_a_reachable_dashboard(cluster):
     ):
         assert flag in start
     assert "--address=$RAY_HEAD_IP:6379" in " ".join(worker[1:])
+
+
+def test_every_container_turns_on_the_json_error_proxy_middleware(cluster):
+    """The image's Ray reads its proxy middleware from an environment variable; cluster.yaml
+    sets it for every process of every node's container, and its value is one Ray accepts."""
+    from ray.serve._private.http_util import validate_http_proxy_callback_return
+    from ray.serve._private.utils import call_function_from_import_path
+
+    from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
+
+    variables = dict(
+        option.split(None, 1)[1].split("=", 1)
+        for option in cluster["docker"]["run_options"]
+        if option.startswith(("--env ", "-e "))
+    )
+    assert variables[CALLBACK_VARIABLE] == CALLBACK
+    assert validate_http_proxy_callback_return(call_function_from_import_path(CALLBACK))

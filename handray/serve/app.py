@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -45,24 +46,61 @@ _PROBE_IMAGE = np.zeros((8, 8, 3), np.uint8)
 MODEL_SETTINGS = ("min_score", "mask_threshold", "max_batch_size", "batch_wait_timeout_s")
 MODEL_ATTEMPTS = 3  # a model replica that dies under a request: the request goes to another
 RETRY_AFTER_S = 2  # what a 503 tells the client to wait: about a replica's replacement
+DRAINING_KEY = "draining"  # Ingress user_config: refuse new requests, finish those held
 
 
 @dataclass
 class Job:
-    """One request's image for the model: BMP bytes of checked pixels, and its score threshold."""
+    """One request's image for the model: BMP bytes of checked pixels, and its score threshold;
+    the batch that runs it records when it started and how long it took."""
 
     image: bytes
     min_score: float | None
+    submitted: float = 0.0
+    started: float = 0.0
+    ran_s: float = 0.0
+
+
+@dataclass
+class ModelReply:
+    """What a model replica answers: `result` (the detections, or why the image could not be
+    run), the time the request waited in the replica for its batch and that batch's run time."""
+
+    result: Detections | str
+    queue_s: float
+    batch_s: float
+
+
+def replica_threads(asked: int | None) -> int | None:
+    """TensorFlow's threads for this replica: `asked` (the app's `model_threads` argument),
+    else its `num_cpus` rounded up, so replicas sharing a machine split its cores instead of
+    each running one thread per core; None (TensorFlow's default) outside a Ray actor or
+    without a CPU reservation."""
+    import ray
+
+    if asked is not None:
+        return asked
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return None  # not a replica (the class used directly, in a driver)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    return max(1, math.ceil(cpus - 1e-6)) if cpus > 0 else None
 
 
 @serve.deployment(name="HandModel", max_ongoing_requests=64)
 class HandModel:
     """A replica holding one loaded export; concurrent requests are run as one batch."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, threads: int | None = None):
         import tensorflow as tf
 
         self._tf = tf
+        self.threads = replica_threads(threads)
+        if self.threads is not None:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(self.threads)
+                tf.config.threading.set_inter_op_parallelism_threads(self.threads)
+            except RuntimeError:  # TensorFlow already ran in this process: its pools stay
+                self.threads = None
         self._exported = ExportedModel(model_dir)
         self.info = self._exported.describe()
         self.settings = ServeConfig(
@@ -120,17 +158,22 @@ class HandModel:
             self._warm = size
             self._batcher.max_batch_size = min(size, self.settings.max_batch_size)
 
-    async def predict(self, image: bytes, min_score: float | None = None) -> Detections | str:
+    async def predict(self, image: bytes, min_score: float | None = None) -> ModelReply:
         """One image's detections (see `_run`); requests arriving together share a batch."""
-        return await self._batcher.submit(Job(image, min_score))
+        job = Job(image, min_score, submitted=time.perf_counter())
+        result = await self._batcher.submit(job)
+        return ModelReply(result, job.started - job.submitted, job.ran_s)
 
     async def _run_batch(self, jobs: list[Job]) -> list[Detections | str]:
         self.batch_sizes[len(jobs)] += 1
         started = time.perf_counter()
         # In a thread, so the replica keeps accepting requests (the next batch) meanwhile.
         results = await asyncio.to_thread(self._run, jobs)
+        ran_s = time.perf_counter() - started
+        for job in jobs:
+            job.started, job.ran_s = started, ran_s
         self._metrics.batch_size.observe(len(jobs))
-        self._metrics.batch_ms.observe((time.perf_counter() - started) * 1e3)
+        self._metrics.batch_ms.observe(ran_s * 1e3)
         return results
 
     def _run(self, jobs: list[Job]) -> list[Detections | str]:
@@ -178,6 +221,7 @@ class HandModel:
             "settings": settings,
             "batch_sizes": self.batch_sizes,
             "warm_batch_size": self._warm,  # batches grow to max_batch_size as sizes warm up
+            "threads": self.threads,  # TensorFlow's intra-op threads (None: its default)
             "replica": replica,
         }
 
@@ -186,7 +230,10 @@ class HandModel:
 class Ingress:
     """HTTP: `POST /predict` (multipart field `image`, or a raw `image/*` body), `GET /healthz`,
     and `GET /`, a page to try the model in a browser. Client mistakes get a 4xx JSON error,
-    never a 500."""
+    never a 500.
+
+    `user_config` key `draining: true` (set by `handray serve` when it is told to stop) makes
+    the replica refuse new work with a retryable 503 while the requests it holds finish."""
 
     def __init__(self, model: DeploymentHandle):
         self._model = model
@@ -194,12 +241,18 @@ class Ingress:
         self._metrics = IngressMetrics()
         self._limits = _limits(ServeConfig())
         self._info: dict[str, Any] | None = None
+        self.draining = False
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self._limits = _limits(updated_serve_config(ServeConfig(), user_config or {}))
+        settings = dict(user_config or {})
+        self.draining = bool(settings.pop(DRAINING_KEY, False))
+        self._limits = _limits(updated_serve_config(ServeConfig(), settings))
 
     async def __call__(self, request: Request) -> Response:
-        path = "/" + request.url.path.strip("/")
+        # The path below the app's route_prefix (Serve passes the prefix as root_path).
+        root = request.scope.get("root_path", "").rstrip("/")
+        path = request.url.path
+        path = "/" + (path[len(root) :] if root and path.startswith(root) else path).strip("/")
         routes = {
             "/": ("GET", self._show_page),
             "/predict": ("POST", self._predict),
@@ -213,6 +266,14 @@ class Ingress:
             method, handler = routes[path]
             if request.method != method:
                 raise RequestError(405, "method_not_allowed", f"{path} takes {method} requests")
+            if self.draining and path != "/":
+                raise RequestError(
+                    503,
+                    "shutting_down",
+                    "the server is shutting down; send the request again in "
+                    f"{RETRY_AFTER_S} s (to another instance, if there is one)",
+                    RETRY_AFTER_S,
+                )
             return await handler(request)
         except RequestError as err:
             if err.status < 500:
@@ -250,7 +311,8 @@ class Ingress:
         upload = await self._upload(request)
         pixels = await asyncio.to_thread(decode_upload, upload, self._limits)
         decoded = time.perf_counter()
-        detections = await self._ask_model("predict", bmp_bytes(pixels), min_score)
+        reply = await self._ask_model("predict", bmp_bytes(pixels), min_score)
+        detections = reply.result
         if isinstance(detections, str):
             raise RequestError(400, "corrupt_image", detections)
         predicted = time.perf_counter()
@@ -259,8 +321,15 @@ class Ingress:
         leave_out = () if keypoints else ("keypoints",)
         predictions = await asyncio.to_thread(detection_records, detections, mask_format, leave_out)
         finished = time.perf_counter()
+        model_s = predicted - decoded
         timing = _milliseconds(
-            receive=decoded - started, model=predicted - decoded, total=finished - started
+            receive=decoded - started,
+            model=model_s,
+            hop=max(0.0, model_s - reply.queue_s - reply.batch_s),
+            queue=reply.queue_s,
+            batch=reply.batch_s,
+            encode=finished - predicted,
+            total=finished - started,
         )
         self._metrics.hands.observe(len(predictions))
         self._metrics.receive_ms.observe(timing["receive"])
@@ -381,7 +450,10 @@ def _switch_parameter(name: str, text: str) -> bool:
 
 def _milliseconds(**seconds: float) -> dict[str, float]:
     """Server-side time of a request's parts: `receive` (read, check and decode the upload),
-    `model` (queue and batch in the model replica), `total` (everything up to the reply)."""
+    `model` (from the call to the model replica to its answer), which is `hop` (routing and
+    moving the image and the answer between replicas) + `queue` (waiting in the model replica
+    for a batch to start) + `batch` (that batch's run, shared by its images), `encode` (masks
+    and JSON), `total` (everything up to the reply)."""
     return {name: round(value * 1e3, 1) for name, value in seconds.items()}
 
 
@@ -393,9 +465,15 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
     return {**info, "batch_sizes": {str(k): v for k, v in info["batch_sizes"].items()}}
 
 
-def build_app(args: dict[str, str]) -> serve.Application:
+def build_app(args: dict[str, Any]) -> serve.Application:
     """The application `serve run` starts: `args` holds `model_dir`, the export's folder
-    (relative paths are taken from the folder `serve run` is started in)."""
+    (relative paths are taken from the folder `serve run` is started in), and optionally
+    `model_threads`, TensorFlow's threads in each model replica (default: its `num_cpus`
+    rounded up)."""
     if "model_dir" not in args:
         raise HandrayError("the serve application needs args.model_dir, the export's folder")
-    return Ingress.bind(HandModel.bind(str(export_path(args["model_dir"]))))
+    threads = args.get("model_threads")
+    if threads is not None and (not str(threads).isdigit() or int(threads) < 1):
+        raise HandrayError(f"args.model_threads={threads!r}: use a whole number >= 1")
+    model_dir = str(export_path(args["model_dir"]))
+    return Ingress.bind(HandModel.bind(model_dir, None if threads is None else int(threads)))

@@ -42,6 +42,7 @@ class Outcome:
     seconds: float
     json_error: bool = False  # the reply is {"success": false, "error": {...}}
     retry_after: bool = False
+    timing_ms: dict[str, float] | None = None  # a 200 reply's server-side times
 
 
 def probes(picture: np.ndarray) -> list[Probe]:
@@ -90,7 +91,7 @@ async def post(session: aiohttp.ClientSession, url: str, probe: Probe, began: fl
         request = session.post(
             target, data=probe.body, headers={"Content-Type": probe.content_type}
         )
-    status, json_error, retry_after = None, False, False
+    status, json_error, retry_after, timing = None, False, False, None
     try:
         async with request as reply:
             body = await reply.read()
@@ -98,10 +99,11 @@ async def post(session: aiohttp.ClientSession, url: str, probe: Probe, began: fl
             if reply.content_type == "application/json":
                 parsed = json.loads(body)
                 json_error = parsed.get("success") is False and "message" in parsed.get("error", {})
+                timing = parsed.get("timing_ms")
     except (TimeoutError, aiohttp.ClientError, ValueError):
         pass
     now = time.monotonic()
-    return Outcome(started - began, probe, status, now - started, json_error, retry_after)
+    return Outcome(started - began, probe, status, now - started, json_error, retry_after, timing)
 
 
 async def client(
@@ -115,13 +117,14 @@ async def client(
     seed: int,
 ) -> None:
     """One closed-loop client until `seconds` after `began`: the next request goes as soon as
-    the last one is answered, a bad one with chance BAD_SHARE; each gives up after `timeout_s`."""
+    the last one is answered, a bad one (if `mix` has any) with chance BAD_SHARE; each gives up
+    after `timeout_s`."""
     rng = random.Random(seed)
     good = [p for p in mix if not p.bad]
     bad = [p for p in mix if p.bad]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         while time.monotonic() - began < seconds:
-            probe = rng.choice(bad if rng.random() < BAD_SHARE else good)
+            probe = rng.choice(bad if bad and rng.random() < BAD_SHARE else good)
             outcomes.append(await post(session, url, probe, began))
 
 

@@ -62,3 +62,25 @@ def test_broken_copies_are_rejected():
         updated_serve_config(ServeConfig(), {**user_config, "min_scor": 0.3})
     with pytest.raises(ConfigError, match="serve.mask_threshold"):
         updated_serve_config(ServeConfig(), {**user_config, "mask_threshold": 1.5})
+
+
+def test_every_replica_the_autoscaler_may_ask_for_fits_a_two_core_machine():
+    """A local cluster here has 2 CPUs; a replica that does not fit is asked for and never
+    starts (HandModel at 1 CPU stayed at 1 replica under load that way)."""
+    (application,) = load("serve_config.yaml")["applications"]
+    at_most = sum(
+        d["autoscaling_config"]["max_replicas"] * d["ray_actor_options"]["num_cpus"]
+        for d in application["deployments"]
+    )
+    assert at_most <= 2
+    assert {d["name"]: d["autoscaling_config"]["max_replicas"] for d in application["deployments"]}[
+        "HandModel"
+    ] >= 2
+
+
+def test_the_model_threads_argument_is_checked():
+    from handray.core.errors import HandrayError
+
+    for bad in (0, "two", -1):
+        with pytest.raises(HandrayError, match="model_threads"):
+            serve_app.build_app({"model_dir": "anywhere", "model_threads": bad})

@@ -1,0 +1,70 @@
+"""The model deployment follows its load, over real HTTP: serve_config.yaml as shipped (1-2
+HandModel replicas, autoscaling on), its delays shortened so a test can watch a whole cycle.
+Closed-loop clients keep more requests in flight than one replica's target; HandModel must
+reach 2 running replicas, every request must succeed meanwhile, and once the clients stop it
+must come back to 1. `benchmarks/autoscale.py` measures the same with the shipped delays."""
+
+from io import BytesIO
+
+import pytest
+from PIL import Image
+
+from handray.data.scene import render_sample
+from handray.serve.launcher import ServeProcess, deployments, free_port, shipped_config
+from handray.serve.loadgen import Probe
+from handray.serve.ramp import Phase, run_ramp
+from handray.serve.replicas import replicas
+
+pytestmark = pytest.mark.slow  # a Serve app scaled up and down
+
+TARGET = 2  # ongoing requests per HandModel replica
+CLIENTS = 12  # 6x the target: the autoscaler asks for 2 replicas (its maximum) at once
+LOADED_S = 90  # a replica starting on a busy 2-core machine can take 40 s
+IDLE_S = 45
+
+
+def quick_autoscaling(config: dict) -> dict:
+    """The shipped config with second-scale delays and look-back, and replica CPUs that fit
+    the test cluster beside the other tests' actors."""
+    for name, deployment in deployments(config).items():
+        deployment["ray_actor_options"]["num_cpus"] = 0.25
+        if name == "HandModel":
+            deployment["autoscaling_config"].update(
+                target_ongoing_requests=TARGET,
+                upscale_delay_s=2,
+                downscale_delay_s=5,
+                look_back_period_s=12,  # above Serve's 10 s metrics interval
+            )
+        else:  # one Ingress replica, so only the model deployment's count changes
+            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    return config
+
+
+def test_the_model_deployment_scales_up_under_load_and_back_down_after(
+    ray_cluster, tiny_export, tmp_path
+):
+    config = quick_autoscaling(shipped_config(tiny_export, free_port()))
+    model = deployments(config)["HandModel"]["autoscaling_config"]
+    assert (model["min_replicas"], model["max_replicas"]) == (1, 2)  # as shipped
+    buffer = BytesIO()
+    Image.fromarray(render_sample(0, "val", 0, 96)[0]).save(buffer, format="PNG")
+    address = ray_cluster.get_runtime_context().gcs_address
+    server = ServeProcess(config, tmp_path, address)
+    try:
+        assert len(replicas(address, "HandModel")) == 1  # idle: the minimum
+        report = run_ramp(
+            server.url,
+            [Probe("val.png", buffer.getvalue())],
+            [Phase(CLIENTS, LOADED_S), Phase(0, IDLE_S)],
+            every_s=1.0,
+        )
+    finally:
+        server.stop()
+    assert len(report.outcomes) >= 50, "the load did not reach the server"
+    assert not report.failures(), [(o.status, o.started) for o in report.failures()][:5]
+    up = report.first_time("HandModel", 2, 0.0, most=False)
+    assert up is not None and up < LOADED_S, [(s.at, s.running, s.seen) for s in report.samples]
+    loaded = [s for s in report.samples if s.at < LOADED_S]
+    assert max(s.seen["HandModel"] for s in loaded) > TARGET  # the queue the autoscaler saw
+    down = report.first_time("HandModel", 1, LOADED_S, most=True)
+    assert down is not None, [(s.at, s.running, s.starting) for s in report.samples]
