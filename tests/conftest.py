@@ -15,6 +15,19 @@ from pycocotools import mask as mask_utils
 
 CATEGORIES = [{"id": 1, "name": "left_hand"}, {"id": 2, "name": "right_hand"}]
 
+# Seconds a test may take, its fixtures' setup included, before pytest-timeout fails it and
+# prints every thread's stack: a stuck test costs minutes, not CI's whole budget. The slow
+# tier's longest test (the autoscaling cycle) takes about 4 minutes here.
+TIMEOUT_S = {"fast": 120, "slow": 600}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test gets its tier's time limit unless it sets its own `timeout` mark."""
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            tier = "slow" if item.get_closest_marker("slow") else "fast"
+            item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier]))
+
 
 def rectangle_mask(height: int, width: int, y1: int, x1: int, y2: int, x2: int) -> np.ndarray:
     mask = np.zeros((height, width), np.uint8)
@@ -149,6 +162,20 @@ def ray_cluster():
     ray.test_dashboard_url = f"http://{context.dashboard_url}"  # for `serve deploy --address`
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cluster_released():
+    """After each module, the shared cluster's CPUs must all be free again: a run, trial or
+    app that keeps them would starve the next module (a sweep once waited there for good)."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        from tests.cluster import still_held
+
+        if (held := still_held()) is not None:
+            pytest.fail(f"this module left the shared Ray cluster's resources held: {held}")
 
 
 @pytest.fixture(scope="session")

@@ -301,6 +301,9 @@ class TrainConfig(Section):
     eval_images: int = 50  # the fixed validation subset (its first images) that AP is measured on
     keep_checkpoints: int = 3  # checkpoints kept per run (the newest is always among them)
     max_failures: int = 3  # worker failures a run survives by restarting from its checkpoint
+    # Seconds a run's workers may wait to be placed (CPUs/GPUs held by other work, nodes an
+    # autoscaler is starting); then the run fails naming what it asked for and what is free.
+    start_timeout_s: float = 600.0
 
     @model_validator(mode="after")
     def check_values(self) -> Self:
@@ -321,6 +324,7 @@ class TrainConfig(Section):
         for name in ("warmup_steps", "eval_every", "max_failures"):
             _check(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         _check(0 < self.lr_decay_factor <= 1, "train.lr_decay_factor", "must be within (0, 1]")
+        _check(self.start_timeout_s > 0, "train.start_timeout_s", "must be positive (seconds)")
         _check(
             self.lr_schedule != "cosine" or self.warmup_steps < self.epochs * self.steps_per_epoch,
             "train.warmup_steps",

@@ -136,7 +136,8 @@ def format_trials(rows: list[TrialRow], metric: str, best: TrialRow | None) -> s
 def _trial_row(result, config: Config) -> TrialRow:
     metrics = result.metrics or {}
     epochs = int(metrics.get("epoch", 0))
-    error = "" if result.error is None else str(result.error).strip().splitlines()[-1][:200]
+    # The error's last line, long enough for a placement error's list of what holds the cluster.
+    error = "" if result.error is None else str(result.error).strip().splitlines()[-1][:500]
     checkpoint = metrics.get("checkpoint_path")
     return TrialRow(
         trial=Path(result.path).name,

@@ -29,6 +29,7 @@ from handray.inference.checkpoints import (
     newest_run,
     read_state,
 )
+from handray.train import placement
 from handray.train.driver import check_inputs, new_name, start_driver
 from handray.train.resources import WorkerResources
 
@@ -121,7 +122,9 @@ def run_training(
         storage=storage,
     )
     try:
-        result = trainer.fit()
+        result = placement.fit(
+            trainer, resources, config.train.start_timeout_s, f"training run {name}"
+        )
     except ray.train.TrainingFailedError as err:
         raise HandrayError(
             f"training run {name} failed after {config.train.max_failures} restarts: {err}\n"
@@ -176,7 +179,11 @@ def build_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            # Worker failures restart the run; a start that cannot be placed within
+            # train.start_timeout_s fails at once instead (placement.fit says why).
+            failure_config=FailureConfig(
+                max_failures=config.train.max_failures, controller_failure_limit=0
+            ),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=config.train.keep_checkpoints,
                 checkpoint_score_attribute="val_loss",

@@ -32,6 +32,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from handray.config import Config, TuneConfig, config_from_dict, load_config, save_config
 from handray.core.errors import HandrayError
 from handray.inference.checkpoints import CONFIG_FILE, DEFAULT_TUNE_OUT
+from handray.train import placement
 from handray.train.driver import check_inputs, new_name, start_driver
 from handray.train.resources import WorkerResources
 from handray.train.search_space import check_search_space, search_space, trial_config
@@ -144,7 +145,7 @@ def _run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
         callbacks=[TuneReportCallback()],
         log_prefix=f"[{trial}] ",
     )
-    trainer.fit()
+    placement.fit(trainer, sweep["resources"], config.train.start_timeout_s, f"trial {trial}")
 
 
 def _tune_settings(config: Config, concurrency: int) -> tune.TuneConfig:

@@ -203,6 +203,8 @@ def test_health_check_fails_when_the_model_cannot_run(tiny_export):
     replica.check_health()
     replica._last_success = float("-inf")  # idle long enough that the check runs the model
     replica.check_health()
+    if (warming := replica._warming) is not None:
+        warming.join()  # larger batch sizes warm in a thread: let it finish with the real model
     replica._exported = object()  # the model is gone: nothing can run
     replica._last_success = float("-inf")
     with pytest.raises(AttributeError):
@@ -230,6 +232,7 @@ def test_handray_metrics_reach_rays_metrics_endpoint(url, photo_files):
     (port,) = {node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]}
     series = {
         **{edge: ("ray_handray_hands_per_image_bucket", {"le": str(edge)}) for edge in COUNT_EDGES},
+        "all buckets": ("ray_handray_hands_per_image_bucket", {"le": "+Inf"}),
         "answered": ("ray_handray_hands_per_image_count", {}),
         "refused": ("ray_handray_client_errors_total", {"code": "not_an_image"}),
         "batches": ("ray_handray_model_batch_ms_count", {}),
@@ -257,9 +260,11 @@ def test_handray_metrics_reach_rays_metrics_endpoint(url, photo_files):
     deadline = time.monotonic() + 60  # Ray exports metrics every few seconds
     while True:
         after = reading()
-        # The ingress and the model replica export on their own clocks: wait for both.
+        # The ingress and the model replica export on their own clocks: wait for both, and
+        # for the buckets as well as the count (Ray's agent rebuilds a histogram from them).
         if (
             after["answered"] >= before["answered"] + 3
+            and after["all buckets"] >= before["all buckets"] + 3
             and after["refused"] >= before["refused"] + 2
             and after["batches"] >= before["batches"] + 1
         ):
@@ -267,7 +272,7 @@ def test_handray_metrics_reach_rays_metrics_endpoint(url, photo_files):
         assert time.monotonic() < deadline, (before, after)
         time.sleep(2)
     change = {key: after[key] - before[key] for key in series}
-    assert change["answered"] == 3 and change["refused"] == 2
+    assert change["answered"] == 3 and change["all buckets"] == 3 and change["refused"] == 2
     for edge in COUNT_EDGES:  # cumulative buckets: answers with at most `edge` hands
         assert change[edge] == sum(count <= edge for count in hands), (edge, hands, change)
     assert change["batches"] >= 1  # the model ran the 3 images in one or more batches

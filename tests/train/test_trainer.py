@@ -21,6 +21,7 @@ from handray.model import build_model
 from handray.model.weights import load_weights
 from handray.train.resources import WorkerResources
 from handray.train.trainer import run_training
+from tests.cluster import hold_cpus, still_held
 
 pytestmark = pytest.mark.slow  # a Ray cluster, training runs, a killed worker
 
@@ -150,6 +151,31 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(crashed_run):
     assert run.checkpoint.parent == run.run_dir and (run.checkpoint / WEIGHTS_FILE).is_file()
     assert run.curves.is_file()
     assert (run.run_dir / "tensorboard").is_dir()
+
+
+def test_a_killed_worker_run_leaves_every_cpu_free(crashed_run):
+    assert still_held() is None
+
+
+def test_a_run_whose_workers_cannot_be_placed_fails_naming_what_holds_them(
+    ray_cluster, hands, tmp_path
+):
+    free = ray.available_resources()["CPU"]
+    hog = hold_cpus(free - 0.5)  # half a CPU stays free: the one-CPU worker cannot start
+    config = small_config(epochs=1)
+    config.train.start_timeout_s = 5
+    started = time.monotonic()
+    try:
+        with pytest.raises(HandrayError) as raised:
+            run_training(config, hands, resources=WorkerResources(1), storage=tmp_path)
+    finally:
+        ray.kill(hog)
+    message = str(raised.value)
+    assert "1 worker(s) of 1 CPU each" in message and "within 5 s" in message, message
+    total = ray.cluster_resources()["CPU"]
+    assert f"0.5 of {total:g} CPUs free" in message and f"actor Hog ({free - 0.5:g} CPU)" in message
+    assert time.monotonic() - started < 60  # one bounded try, not Ray Train's endless retries
+    assert still_held() is None  # the failed start gave its placement group back
 
 
 def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):

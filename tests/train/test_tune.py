@@ -6,9 +6,11 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import ray
 
 from handray.cli import main
 from handray.config import ANCHOR_SETS, load_config
@@ -18,6 +20,7 @@ from handray.inference.checkpoints import load_trained_model, read_state, resolv
 from handray.train.resources import WorkerResources
 from handray.train.search_space import check_search_space, search_space, trial_config
 from handray.train.tune import concurrent_trials
+from tests.cluster import hold_cpus, still_held
 
 pytestmark = pytest.mark.slow  # a Ray cluster and a Tune sweep
 
@@ -109,6 +112,31 @@ def test_a_finished_sweep_resumes_without_training_again(sweep, capsys):
     assert f"resuming sweep {sweep_dir}" in capsys.readouterr().out
     assert read_trials(sweep_dir) == before
     assert sorted(sweep_dir.glob("runs/*/checkpoint_*")) == checkpoints
+
+
+def test_the_sweep_leaves_every_cpu_free(sweep):
+    # Its trials ended: two finished, one stopped by ASHA at its first rung, one resumed.
+    assert still_held() is None
+
+
+def test_a_trial_that_cannot_be_placed_ends_errored_in_trials_csv(ray_cluster, hands, tmp_path):
+    """Another actor holds all but 0.5 CPU: the trial's driver (0.25 CPU) starts, its
+    one-CPU worker cannot; the sweep must end within the bound with the reason."""
+    free = ray.available_resources()["CPU"]
+    hog = hold_cpus(free - 0.5)
+    out = tmp_path / "tune"
+    command = ["tune", "--dataset", str(hands), "--out", str(out), "--name", "held", *SWEEP]
+    command += ["--trials", "1", "--set", "train.start_timeout_s=5"]
+    started = time.monotonic()
+    try:
+        assert main(command) == 2  # no trial reported its metric
+    finally:
+        ray.kill(hog)
+    assert time.monotonic() - started < 120
+    (row,) = read_trials(out / "held")
+    assert "could not be placed within 5 s" in row["error"], row
+    assert f"actor Hog ({free - 0.5:g} CPU)" in row["error"] and row["checkpoint"] == ""
+    assert still_held() is None
 
 
 def test_search_space_applies_named_anchor_sets_and_extra_keys():
