@@ -116,9 +116,16 @@ class ServeProcess:
 
 
 def shutdown_serve() -> None:
-    """Shut down Serve on the cluster this process is connected to (nothing when it is not)."""
+    """Shut down Serve on the cluster this process is connected to (nothing when it is not).
+
+    `serve.shutdown()` alone does nothing when this process still caches a client of a Serve
+    instance that has since ended (a `serve run` that stopped, whose controller the ramp
+    asked): it takes the dead controller for a dead cluster. Forgetting the cached client first
+    makes it find the controller running now by name."""
     import ray
     from ray import serve
+    from ray.serve.context import _disconnect
 
     if ray.is_initialized():
+        _disconnect()
         serve.shutdown()

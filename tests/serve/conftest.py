@@ -19,6 +19,7 @@ from handray.serve.launcher import (
     free_port,
     is_warm,
     shipped_config,
+    shutdown_serve,
     wait_for_model,
 )
 
@@ -56,7 +57,6 @@ def server(
 ) -> Iterator[tuple[str, Callable[[dict], None]]]:
     """The app on a free port, serving `tiny_export` with `BATCHING`: (its base URL, a function
     that `serve deploy`s it again with another HandModel `user_config`)."""
-    from ray import serve
 
     port = free_port()
     folder = tmp_path_factory.mktemp("serve")
@@ -68,7 +68,7 @@ def server(
     url = f"http://127.0.0.1:{port}"
     wait_for_model(url, is_warm)
     yield url, deploy
-    serve.shutdown()
+    shutdown_serve()
 
 
 @pytest.fixture(scope="module")
