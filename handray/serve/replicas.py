@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 APP = "handray"  # the application's name in serve_config.yaml
+REPLICA_PREFIX = "SERVE_REPLICA::"  # Serve's replica actor names: SERVE_REPLICA::APP#DEPLOYMENT#ID
 
 
 def replicas(address: str, deployment: str) -> dict[str, int]:
     """Alive replicas of `deployment` in the app APP: unique replica id -> process id."""
     from ray.util.state import list_actors
 
-    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    prefix = f"{REPLICA_PREFIX}{APP}#{deployment}#"
     alive = list_actors(
         address, filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False
     )

@@ -34,12 +34,12 @@ import yaml
 from handray.core.errors import HandrayError
 from handray.core.exported import export_path
 from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
+from handray.serve.replicas import REPLICA_PREFIX
 
 HANDRAY_APP = "handray.serve.app:build_app"  # the import path of the apps that can drain
 INGRESS = "Ingress"  # handray.serve.app's HTTP deployment, the one told to drain
 POLL_S = 0.2
 UNBOUNDED_DRAIN_S = 60.0  # the drain's bound when the config sets no request_timeout_s
-REPLICA_PREFIX = "SERVE_REPLICA::"  # Serve's replica actor names: SERVE_REPLICA::APP#DEPLOYMENT#ID
 
 
 def serve_config(
