@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+pytest_plugins = ["tests.backstop"]  # a test its timeout cannot stop still ends the run
+
 CATEGORIES = [{"id": 1, "name": "left_hand"}, {"id": 2, "name": "right_hand"}]
 
 # Seconds a test may take, its fixtures' setup included, before pytest-timeout fails it and

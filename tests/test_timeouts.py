@@ -1,13 +1,18 @@
 """The suite cannot hang: every test has its tier's time limit (tests/conftest.py), and a test
 past it fails with the stacks of all threads in the log."""
 
+import os
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import TIMEOUT_S
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def limit_of(request: pytest.FixtureRequest) -> float:
@@ -64,3 +69,35 @@ def test_a_stuck_test_fails_with_every_threads_stack(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Timeout (>2.0s)" in done.stdout and "1 failed" in done.stdout, done.stdout
     assert "holder" in done.stdout and "in hold" in done.stdout  # the other thread's stack
+
+
+def test_a_test_that_swallows_its_timeout_still_ends_with_every_threads_stack(tmp_path):
+    """As a test blocked in `ray.get` does (Ray drops the exception the timeout raises): the
+    backstop (tests/backstop.py) dumps the stacks and ends the process."""
+    (tmp_path / "test_swallows.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+
+            def test_waits_through_its_timeout():
+                while True:
+                    try:
+                        time.sleep(30)
+                    except BaseException:
+                        pass
+            """
+        )
+    )
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.backstop"]
+    command += ["-o", "timeout_method=signal", "-o", "timeout_backstop=2", "--timeout", "1"]
+    command.append(str(tmp_path / "test_swallows.py"))
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=environment
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert time.monotonic() - started < 30, "the backstop did not end the process"
+    assert "still running 2 s after its time limit" in output, output
+    assert "test_waits_through_its_timeout" in output and "Current thread" in output, output

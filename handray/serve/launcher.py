@@ -112,20 +112,27 @@ class ServeProcess:
             self.process.kill()
             self.process.wait()
             shutdown_serve()
+        forget_serve_client()
         self.log.close()
 
 
-def shutdown_serve() -> None:
-    """Shut down Serve on the cluster this process is connected to (nothing when it is not).
-
-    `serve.shutdown()` alone does nothing when this process still caches a client of a Serve
-    instance that has since ended (a `serve run` that stopped, whose controller the ramp
-    asked): it takes the dead controller for a dead cluster. Forgetting the cached client first
-    makes it find the controller running now by name."""
-    import ray
-    from ray import serve
+def forget_serve_client() -> None:
+    """Drop this process's cached Serve client. Ray caches the client of the first Serve
+    controller a driver asks (the ramp's `serve.status()`, a deployment handle) and keeps it
+    after that Serve has ended: `serve.shutdown()` then takes the dead controller for a dead
+    cluster and does nothing, and `serve.get_deployment_handle` fails with ActorDiedError.
+    Without the cache, the next call finds the controller running now by name."""
     from ray.serve.context import _disconnect
 
+    _disconnect()
+
+
+def shutdown_serve() -> None:
+    """Shut down Serve on the cluster this process is connected to (nothing when it is not),
+    whichever Serve client this process cached before (`forget_serve_client`)."""
+    import ray
+    from ray import serve
+
     if ray.is_initialized():
-        _disconnect()
+        forget_serve_client()
         serve.shutdown()

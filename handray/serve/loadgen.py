@@ -6,6 +6,7 @@ client would not."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import random
@@ -115,15 +116,16 @@ async def client(
     seconds: float,
     timeout_s: float,
     seed: int,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """One closed-loop client until `seconds` after `began`: the next request goes as soon as
-    the last one is answered, a bad one (if `mix` has any) with chance BAD_SHARE; each gives up
-    after `timeout_s`."""
+    """One closed-loop client until `seconds` after `began` (or, sooner, once `stop` is set):
+    the next request goes as soon as the last one is answered, a bad one (if `mix` has any)
+    with chance BAD_SHARE; each gives up after `timeout_s`."""
     rng = random.Random(seed)
     good = [p for p in mix if not p.bad]
     bad = [p for p in mix if p.bad]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-        while time.monotonic() - began < seconds:
+        while time.monotonic() - began < seconds and not (stop and stop.is_set()):
             probe = rng.choice(bad if bad and rng.random() < BAD_SHARE else good)
             outcomes.append(await post(session, url, probe, began))
 

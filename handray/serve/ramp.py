@@ -6,8 +6,9 @@ through it; `tests/serve/test_autoscaling.py` runs a short ramp with short delay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from handray.serve.loadgen import Outcome, Probe, client, percentile
@@ -16,14 +17,6 @@ from handray.serve.replicas import APP
 DEPLOYMENTS = ("Ingress", "HandModel")
 # The parts of a request's server time, in the order they happen (the reply's timing_ms).
 TIMING_PARTS = ("receive", "hop", "queue", "batch", "encode", "total")
-
-
-@dataclass(frozen=True)
-class Phase:
-    """`clients` closed-loop clients for `seconds` (0 clients: the server idles)."""
-
-    clients: int
-    seconds: float
 
 
 @dataclass
@@ -38,18 +31,33 @@ class Sample:
     answered_per_s: float  # 200 replies per second since the previous sample
 
 
+@dataclass(frozen=True)
+class Phase:
+    """`clients` closed-loop clients (0: the server idles) for `seconds`, or until `done`
+    holds for the samples taken since the phase began, if that comes first: a test ends a
+    phase once it has seen what it waits for, not after a window sized for the slowest
+    machine."""
+
+    clients: int
+    seconds: float
+    done: Callable[[list[Sample]], bool] | None = None
+
+
 @dataclass
 class RampReport:
     phases: Sequence[Phase]
     outcomes: list[Outcome] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)  # each ended phase's end, into the ramp
 
     def phase_bounds(self) -> list[tuple[float, float]]:
-        """Each phase's (start, end), seconds into the ramp."""
+        """Each phase's (start, end), seconds into the ramp: where it ended, for a phase that
+        has; its planned end otherwise."""
         bounds, start = [], 0.0
-        for phase in self.phases:
-            bounds.append((start, start + phase.seconds))
-            start += phase.seconds
+        for index, phase in enumerate(self.phases):
+            end = self.ends[index] if index < len(self.ends) else start + phase.seconds
+            bounds.append((start, end))
+            start = end
         return bounds
 
     def in_phase(self, index: int, settle_s: float = 0.0) -> list[Outcome]:
@@ -119,9 +127,10 @@ def serving_state() -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
     return running, starting, seen
 
 
-async def _watch(report: RampReport, began: float, every_s: float, until: float) -> None:
+async def _watch(report: RampReport, began: float, every_s: float, finished: asyncio.Event) -> None:
     answered_before = 0
-    while (now := time.monotonic() - began) < until:
+    while not finished.is_set():
+        now = time.monotonic() - began
         running, starting, seen = await asyncio.to_thread(serving_state)
         answered = sum(o.status == 200 for o in report.outcomes)
         previous = report.samples[-1].at if report.samples else None
@@ -136,21 +145,37 @@ async def _watch(report: RampReport, began: float, every_s: float, until: float)
             0,
         )
         report.samples.append(Sample(now, clients, running, starting, seen, rate))
-        await asyncio.sleep(every_s)
+        with contextlib.suppress(TimeoutError):  # the next sample, or the ramp has ended
+            await asyncio.wait_for(finished.wait(), every_s)
 
 
 async def _drive(
-    url: str, mix: list[Probe], report: RampReport, began: float, timeout_s: float
+    url: str,
+    mix: list[Probe],
+    report: RampReport,
+    began: float,
+    timeout_s: float,
+    finished: asyncio.Event,
 ) -> None:
-    """Start each phase's clients at its start; each stops at its phase's end (after its
-    last reply), when the next phase's clients have already started."""
-    clients, seed = [], 0
-    for phase, (start, end) in zip(report.phases, report.phase_bounds(), strict=True):
-        await asyncio.sleep(max(0.0, began + start - time.monotonic()))
+    """Start each phase's clients at its start; they stop at its end (after their last
+    reply), when the next phase's clients have already started. A phase ends after its
+    seconds or once its `done` holds."""
+    clients, seed, start = [], 0, 0.0
+    for phase in report.phases:
+        stop, end = asyncio.Event(), start + phase.seconds
         for _ in range(phase.clients):
             seed += 1
             options = {"began": began, "seconds": end, "timeout_s": timeout_s, "seed": seed}
-            clients.append(asyncio.create_task(client(url, mix, report.outcomes, **options)))
+            task = client(url, mix, report.outcomes, **options, stop=stop)
+            clients.append(asyncio.create_task(task))
+        while (now := time.monotonic() - began) < end:
+            if phase.done and phase.done([s for s in report.samples if s.at >= start]):
+                break
+            await asyncio.sleep(min(0.25, end - now))
+        stop.set()
+        start = min(end, time.monotonic() - began)
+        report.ends.append(start)
+    finished.set()
     await asyncio.gather(*clients)
 
 
@@ -168,10 +193,10 @@ def run_ramp(
     report = RampReport(phases)
 
     async def ramp() -> None:
-        began = time.monotonic()
-        until = sum(phase.seconds for phase in phases)
+        began, finished = time.monotonic(), asyncio.Event()
         await asyncio.gather(
-            _watch(report, began, every_s, until), _drive(url, mix, report, began, timeout_s)
+            _watch(report, began, every_s, finished),
+            _drive(url, mix, report, began, timeout_s, finished),
         )
 
     asyncio.run(ramp())

@@ -42,10 +42,18 @@ class Holder:
 
 def resource_holders() -> list[Holder]:
     """Alive actors and placement groups holding CPUs or GPUs outside placement groups, from
-    Ray's state API (actors inside a placement group are counted with their group)."""
+    Ray's state API (actors inside a placement group are counted with their group), on the
+    cluster this process is connected to: with the address left out, the state API refuses
+    to choose when a machine runs several clusters."""
+    import ray
     from ray.util.state import list_actors, list_placement_groups
 
-    listing = {"detail": True, "limit": 10_000, "raise_on_missing_output": False}
+    listing = {
+        "address": ray.get_runtime_context().gcs_address,
+        "detail": True,
+        "limit": 10_000,
+        "raise_on_missing_output": False,
+    }
     holders = []
     for actor in list_actors(filters=[("state", "=", "ALIVE")], **listing):
         needs = actor.required_resources or {}

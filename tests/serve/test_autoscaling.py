@@ -2,7 +2,8 @@
 HandModel replicas, autoscaling on), its delays shortened so a test can watch a whole cycle.
 Closed-loop clients keep more requests in flight than one replica's target; HandModel must
 reach 2 running replicas, every request must succeed meanwhile, and once the clients stop it
-must come back to 1. `benchmarks/autoscale.py` measures the same with the shipped delays."""
+must come back to 1. Each phase ends as soon as it has shown its part (its seconds are the
+most it may take). `benchmarks/autoscale.py` measures the same with the shipped delays."""
 
 from io import BytesIO
 
@@ -12,7 +13,7 @@ from PIL import Image
 from handray.data.scene import render_sample
 from handray.serve.launcher import ServeProcess, deployments, free_port, shipped_config
 from handray.serve.loadgen import Probe
-from handray.serve.ramp import Phase, run_ramp
+from handray.serve.ramp import Phase, Sample, run_ramp
 from handray.serve.replicas import replicas
 
 pytestmark = pytest.mark.slow  # a Serve app scaled up and down
@@ -21,6 +22,19 @@ TARGET = 2  # ongoing requests per HandModel replica
 CLIENTS = 12  # 6x the target: the autoscaler asks for 2 replicas (its maximum) at once
 LOADED_S = 90  # a replica starting on a busy 2-core machine can take 40 s
 IDLE_S = 45
+BOTH_SERVING_S = 5  # the load goes on this long with both replicas running
+
+
+def both_replicas_served(samples: list[Sample]) -> bool:
+    """Two HandModel replicas ran for BOTH_SERVING_S under a queue above the target."""
+    both = [s.at for s in samples if s.running.get("HandModel", 0) >= 2]
+    queued = any(s.seen.get("HandModel", 0) > TARGET for s in samples)
+    return queued and bool(both) and both[-1] - both[0] >= BOTH_SERVING_S
+
+
+def back_to_one(samples: list[Sample]) -> bool:
+    """One HandModel replica running and none starting: the load's extra replica is gone."""
+    return any(s.running.get("HandModel") == 1 and not s.starting.get("HandModel") for s in samples)
 
 
 def quick_autoscaling(config: dict) -> dict:
@@ -55,16 +69,17 @@ def test_the_model_deployment_scales_up_under_load_and_back_down_after(
         report = run_ramp(
             server.url,
             [Probe("val.png", buffer.getvalue())],
-            [Phase(CLIENTS, LOADED_S), Phase(0, IDLE_S)],
+            [Phase(CLIENTS, LOADED_S, both_replicas_served), Phase(0, IDLE_S, back_to_one)],
             every_s=1.0,
         )
     finally:
         server.stop()
     assert len(report.outcomes) >= 50, "the load did not reach the server"
     assert not report.failures(), [(o.status, o.started) for o in report.failures()][:5]
+    (_, load_end), _ = report.phase_bounds()
     up = report.first_time("HandModel", 2, 0.0, most=False)
-    assert up is not None and up < LOADED_S, [(s.at, s.running, s.seen) for s in report.samples]
-    loaded = [s for s in report.samples if s.at < LOADED_S]
+    assert up is not None and up < load_end, [(s.at, s.running, s.seen) for s in report.samples]
+    loaded = [s for s in report.samples if s.at < load_end]
     assert max(s.seen["HandModel"] for s in loaded) > TARGET  # the queue the autoscaler saw
-    down = report.first_time("HandModel", 1, LOADED_S, most=True)
+    down = report.first_time("HandModel", 1, load_end, most=True)
     assert down is not None, [(s.at, s.running, s.starting) for s in report.samples]

@@ -1,5 +1,5 @@
-"""Ray Train on a real local cluster: two CPU workers in sync, checkpoints, a worker killed
-mid-run, and a finished run continued."""
+"""Ray Train on a real local cluster: two CPU workers in sync (weights and their averages),
+checkpoints, a worker killed mid-run, and a finished run continued."""
 
 import os
 import signal
@@ -16,9 +16,15 @@ import ray.cloudpickle
 from handray.config import load_config
 from handray.core.errors import HandrayError
 from handray.data.synthetic import generate_dataset
-from handray.inference.checkpoints import WEIGHTS_FILE, read_state, run_checkpoints
+from handray.inference.checkpoints import (
+    OPTIMIZER_FILE,
+    WEIGHTS_FILE,
+    read_state,
+    run_checkpoints,
+)
 from handray.model import build_model
 from handray.model.weights import load_weights
+from handray.train.checkpoint import RAW_PREFIX
 from handray.train.resources import WorkerResources
 from handray.train.trainer import run_training
 from tests.cluster import hold_cpus, still_held
@@ -37,7 +43,8 @@ def hands(tmp_path_factory):
     return root
 
 
-def small_config(epochs: int, steps: int = 3):
+def small_config(epochs: int, steps: int = 3, **overrides):
+    """`tiny` at 64 px for a few steps; `overrides` by dotted key, as a dict's items."""
     return load_config(
         "tiny",
         {
@@ -49,6 +56,7 @@ def small_config(epochs: int, steps: int = 3):
             "train.eval_every": 0,
             "train.warmup_steps": 2,
             "train.max_failures": 2,
+            **overrides,
         },
     )
 
@@ -77,14 +85,17 @@ def every_rank_saves(loop_config):
     train_worker(config_from_dict(loop_config["config"]), loop_config["dataset"], context)
 
 
-def test_two_workers_keep_identical_weights(ray_cluster, hands, tmp_path):
+def test_two_workers_keep_identical_weights_and_averages(ray_cluster, hands, tmp_path):
+    """After two epochs with weight averaging, both ranks' checkpoints hold the same averaged
+    weights (batch-norm moving statistics included) and the same raw weights."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
+    config = small_config(epochs=2, **{"train.ema_decay": 0.9})
     trainer = TensorflowTrainer(
         every_rank_saves,
         train_loop_config={
-            "config": small_config(epochs=2).to_dict(),
+            "config": config.to_dict(),
             "dataset": str(hands),
             "out": str(tmp_path / "out"),
         },
@@ -92,35 +103,47 @@ def test_two_workers_keep_identical_weights(ray_cluster, hands, tmp_path):
         run_config=RunConfig(name="sync", storage_path=str(tmp_path / "storage")),
     )
     trainer.fit()
-    config = small_config(epochs=2)
-    ranks = []
+    averaged, raw = [], []
     for rank in (0, 1):
+        checkpoint = tmp_path / "out" / f"rank{rank}" / "epoch2"
         model = build_model(config, jit_compile=False)
-        load_weights(model, tmp_path / "out" / f"rank{rank}" / "epoch2" / WEIGHTS_FILE)
-        ranks.append(model.get_weights())
-    initial = build_model(config, jit_compile=False).get_weights()
-    changed = 0
-    for a, b, start in zip(*ranks, initial, strict=True):
-        np.testing.assert_array_equal(a, b)  # batch-norm moving statistics included
-        changed += not np.array_equal(a, start)
-    assert changed > len(initial) // 2  # the steps did change the weights
+        load_weights(model, checkpoint / WEIGHTS_FILE)
+        averaged.append({v.path: v.numpy() for v in model.weights})
+        with np.load(checkpoint / OPTIMIZER_FILE) as saved:
+            raw.append({k: saved[k] for k in saved.files if k.startswith(RAW_PREFIX)})
+    assert averaged[0].keys() == averaged[1].keys() and raw[0].keys() == raw[1].keys()
+    for path in averaged[0]:
+        np.testing.assert_array_equal(averaged[0][path], averaged[1][path], err_msg=path)
+    for name in raw[0]:
+        np.testing.assert_array_equal(raw[0][name], raw[1][name], err_msg=name)
+    # Averages of weights that never moved would equal them: the steps did change them.
+    differing = [
+        name
+        for name in raw[0]
+        if not np.array_equal(raw[0][name], averaged[0][name.removeprefix(RAW_PREFIX)])
+    ]
+    assert len(differing) > len(raw[0]) // 2
 
 
 def kill_a_worker_mid_run(run_dir: Path, killed: list[int]) -> None:
-    """SIGKILL one Ray Train worker process once the run has two checkpoints (a report returns
-    only once Ray has registered its checkpoint, so the first is surely known by then)."""
+    """SIGKILL one Ray Train worker process of this cluster once the run has two checkpoints
+    (a report returns only once Ray has registered its checkpoint, so the first is surely
+    known by then). The state API names this cluster's workers: another test process may run
+    a cluster of its own on the machine."""
+    from ray.util.state import list_actors
+
     deadline = time.time() + 300
     while time.time() < deadline and len(run_checkpoints(run_dir)) < 2:
         time.sleep(0.1)
-    for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if title.startswith(b"ray::RayTrainWorker"):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-            return
+    workers = list_actors(
+        ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        raise_on_missing_output=False,
+    )
+    if workers:
+        pid = min(worker.pid for worker in workers)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
 
 
 @pytest.fixture(scope="module")
