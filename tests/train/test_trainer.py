@@ -128,8 +128,8 @@ def test_two_workers_keep_identical_weights_and_averages(ray_cluster, hands, tmp
 def kill_a_worker_mid_run(run_dir: Path, killed: list[int]) -> None:
     """SIGKILL one Ray Train worker process of this cluster once the run has two checkpoints
     (a report returns only once Ray has registered its checkpoint, so the first is surely
-    known by then). The state API names this cluster's workers: another test process may run
-    a cluster of its own on the machine."""
+    known by then). The state API names this cluster's workers: a scan of /proc would also
+    find those of any other Ray cluster on the machine."""
     from ray.util.state import list_actors
 
     deadline = time.time() + 300
