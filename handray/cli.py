@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     synth.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    synth.add_argument(
+        "--style",
+        choices=("classic", "varied", "held-out"),
+        default="varied",
+        help="how images are drawn: classic, varied (default; classic plus paint families) or "
+        "held-out (another drawing of hands, for evaluation only)",
+    )
 
     rhd = _command(commands, "convert-rhd", _convert_rhd, "convert RHD to COCO instances files")
     rhd.add_argument("root", type=Path, help="RHD folder holding training/ and evaluation/")
@@ -63,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--split", default="train")
     preview.add_argument("--count", type=int, default=8, help="images to draw (default 8)")
     preview.add_argument("--out", type=Path, help="PNG path (default DATASET/preview_SPLIT.png)")
+    preview.add_argument(
+        "--augmented",
+        action="store_true",
+        help="draw training examples as the pipeline makes them (augmented, in the padded "
+        "square; default PNG DATASET/preview_SPLIT_augmented.png)",
+    )
+    source = preview.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="with --augmented: config preset (default hand-r101)")
+    source.add_argument("--config", type=Path, help="with --augmented: config YAML file")
+    _add_overrides(preview)
 
     train = _command(commands, "train", _train, "train with Ray Train on a local or remote cluster")
     _add_cluster_run(train)
@@ -109,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--batch-size", type=_positive_int, default=4, metavar="N", help="default 4"
+    )
+    held_out = evaluate.add_mutually_exclusive_group()
+    held_out.add_argument(
+        "--held-out",
+        type=_count,
+        default=100,
+        metavar="N",
+        help="also the class-agnostic AP on N images of the held-out drawing style "
+        "(generated once, cached; default 100, 0 skips it)",
+    )
+    held_out.add_argument(
+        "--held-out-dataset",
+        type=Path,
+        metavar="DIR",
+        help="use this dataset folder's val split as the held-out set instead",
     )
     _add_weights(evaluate)
 
@@ -216,6 +248,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _score(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -251,8 +290,9 @@ def _synth(args: argparse.Namespace) -> None:
         seed=args.seed,
         workers=args.workers,
         overwrite=args.overwrite,
+        style=args.style,
     )
-    print_dataset_summary("synthetic dataset", summary)
+    print_dataset_summary(f"synthetic dataset ({args.style})", summary)
 
 
 def _convert_rhd(args: argparse.Namespace) -> None:
@@ -271,10 +311,21 @@ def _convert_rhd(args: argparse.Namespace) -> None:
 
 def _preview(args: argparse.Namespace) -> None:
     from handray.data.coco import load_dataset
-    from handray.data.preview import preview_dataset
+    from handray.data.preview import preview_augmented, preview_dataset
 
+    dataset = load_dataset(args.dataset, args.split)
+    if args.augmented:
+        from handray.config import load_config, parse_overrides
+
+        config = load_config(
+            args.config or args.preset or "hand-r101", parse_overrides(args.overrides)
+        )
+        out = args.out or args.dataset / f"preview_{args.split}_augmented.png"
+        path = preview_augmented(dataset, config, out, count=args.count)
+        print(f"{args.count} {args.split} training examples as the model sees them: {path}")
+        return
     out = args.out or args.dataset / f"preview_{args.split}.png"
-    path = preview_dataset(load_dataset(args.dataset, args.split), out, count=args.count)
+    path = preview_dataset(dataset, out, count=args.count)
     print(f"ground truth of the first {args.count} {args.split} images: {path}")
 
 
@@ -339,6 +390,7 @@ def _cluster_config(args: argparse.Namespace, overrides: dict) -> Config:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from handray.data.coco import load_dataset
+    from handray.evaluation.held_out import evaluate_held_out, held_out_dataset
     from handray.evaluation.metrics import (
         MONTAGE_FILE,
         evaluate_model,
@@ -358,10 +410,20 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"config:  {source} (preset {config.preset}, {config.model.backbone} backbone)")
     print(f"data:    {dataset.annotation_file}, {count} of {len(dataset)} images")
     metrics = evaluate_model(predictor, dataset, limit=args.limit, overlays=args.overlays, out=out)
+    held_out = args.held_out_dataset
+    if held_out is None and args.held_out > 0:
+        held_out = held_out_dataset(config.data.image_size, images=args.held_out)
+    if held_out is not None:
+        print(f"held-out style: {held_out}")
+        metrics["held_out"] = evaluate_held_out(
+            predictor, held_out, overlays=args.overlays, out=out / "held_out"
+        )
     print(format_metrics(metrics))
     print(f"metrics: {write_metrics(metrics, out)}")
     if args.overlays > 0:
         print(f"overlays: {out}/overlay_*.png, all in {out / MONTAGE_FILE}")
+        if held_out is not None:
+            print(f"held-out style's overlays: {out / 'held_out' / MONTAGE_FILE}")
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ from handray.config.loading import (
 from handray.config.names import LAYER_SELECTIONS, LAYER_STAGES, LOSS_NAMES, MASK_THRESHOLD
 from handray.config.presets import ANCHOR_SETS, PRESETS
 from handray.config.schema import (
+    AppearanceConfig,
     Config,
     DataConfig,
     ModelConfig,
@@ -32,6 +33,7 @@ __all__ = [
     "LOSS_NAMES",
     "MASK_THRESHOLD",
     "PRESETS",
+    "AppearanceConfig",
     "Config",
     "DataConfig",
     "ModelConfig",

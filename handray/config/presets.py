@@ -87,6 +87,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "brightness_delta": 0.0,
             "contrast_range": [1.0, 1.0],
             "scale_jitter": [1.0, 1.0],
+            # The old model trained with flips only: no photo-like appearance changes either.
+            "appearance": {
+                "noise_prob": 0.0,
+                "blur_prob": 0.0,
+                "jpeg_prob": 0.0,
+                "hue_saturation_prob": 0.0,
+                "grey_prob": 0.0,
+            },
         },
         "model": {
             "num_classes": 2,

@@ -21,6 +21,8 @@ from handray.core.errors import ConfigError
 T = TypeVar("T")
 # YAML has lists, not tuples: a tuple field also takes a list; its items stay strictly typed.
 FromList = Annotated[T, Strict(False)]
+# The largest blur sigma `data.appearance.blur_sigma` takes: the kernel is 6 sigma + 1 wide.
+MAX_BLUR_SIGMA = 8.0
 
 
 class Section(BaseModel):
@@ -28,6 +30,60 @@ class Section(BaseModel):
 
     # `.inf` is valid YAML and a valid float: keep it in dumps instead of writing null.
     model_config = ConfigDict(extra="forbid", strict=True, ser_json_inf_nan="constants")
+
+
+class AppearanceConfig(Section):
+    """Photo-like changes of a training image's pixels (`data/appearance.py`), made only when
+    `data.augment` is on. Each change happens to an image with its probability (0: never) and
+    draws its strength per image; none moves a pixel, so masks, boxes and keypoints stay."""
+
+    noise_prob: float = 0.2
+    noise_max_sigma: float = 8.0  # Gaussian sensor noise; sigma drawn in [0, this] grey levels
+    blur_prob: float = 0.2
+    # Gaussian blur; sigma in pixels of the square drawn from [low, high] (high at most 8: the
+    # kernel reaches 3 * high pixels each way)
+    blur_sigma: FromList[tuple[float, float]] = (0.5, 1.5)
+    jpeg_prob: float = 0.2
+    jpeg_quality: FromList[tuple[int, int]] = (30, 90)  # re-encoded at a quality in [low, high]
+    hue_saturation_prob: float = 0.3
+    hue_max_delta: float = 0.05  # hue turned by up to +/- this fraction of the circle (18 deg)
+    # saturation multiplied by a factor drawn from [low, high] (clipped at full saturation)
+    saturation_range: FromList[tuple[float, float]] = (0.6, 1.4)
+    grey_prob: float = 0.1  # luminance only (ITU-R BT.601), kept as 3 channels
+
+    @model_validator(mode="after")
+    def check_values(self) -> Self:
+        for name in ("noise_prob", "blur_prob", "jpeg_prob", "hue_saturation_prob", "grey_prob"):
+            value = getattr(self, name)
+            _check(
+                0.0 <= value <= 1.0,
+                f"data.appearance.{name}",
+                f"must be within [0, 1] (0: off), got {value}",
+            )
+        _check(
+            0.0 <= self.noise_max_sigma <= 255.0,
+            "data.appearance.noise_max_sigma",
+            f"must be within [0, 255] grey levels, got {self.noise_max_sigma}",
+        )
+        _check_range(self.blur_sigma, "data.appearance.blur_sigma")
+        _check(
+            self.blur_sigma[1] <= MAX_BLUR_SIGMA,
+            "data.appearance.blur_sigma",
+            f"high must be at most {MAX_BLUR_SIGMA} pixels, got {list(self.blur_sigma)}",
+        )
+        low, high = self.jpeg_quality
+        _check(
+            0 <= low <= high <= 100,
+            "data.appearance.jpeg_quality",
+            f"must be [low, high] with 0 <= low <= high <= 100, got {list(self.jpeg_quality)}",
+        )
+        _check(
+            0.0 <= self.hue_max_delta <= 0.5,
+            "data.appearance.hue_max_delta",
+            f"must be within [0, 0.5] (half the hue circle), got {self.hue_max_delta}",
+        )
+        _check_range(self.saturation_range, "data.appearance.saturation_range")
+        return self
 
 
 class DataConfig(Section):
@@ -44,6 +100,8 @@ class DataConfig(Section):
     contrast_range: FromList[tuple[float, float]] = (0.8, 1.2)
     # >1 crops a random image-sized window
     scale_jitter: FromList[tuple[float, float]] = (0.8, 1.25)
+    # noise, blur, JPEG, hue and saturation, grey: each with its probability and strength
+    appearance: AppearanceConfig = Field(default_factory=AppearanceConfig)
     shuffle_buffer: int = 512
     seed: int = 0  # shuffling and augmentation; also the initial weights of a training run
 

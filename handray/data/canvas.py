@@ -3,7 +3,8 @@
 A colour image carries an integer label map beside it: every layer overwrites the labels under
 it (hands with their instance number, everything else with 0), so each instance mask is exactly
 the visible pixels of its hand. Shapes are drawn without antialiasing, so image and mask agree
-pixel for pixel.
+pixel for pixel. A canvas may outline every layer it paints: a contour of the layer's own
+outermost pixels, so the label map (and every mask) stays as it was.
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ from handray.data.hand_shape import ellipse, rotate
 class Canvas:
     """Colour image plus instance-label map; whatever is painted last owns the pixel."""
 
-    def __init__(self, background: np.ndarray, rng: np.random.Generator):
+    def __init__(
+        self,
+        background: np.ndarray,
+        rng: np.random.Generator,
+        outline: tuple[tuple[int, int, int], int] | None = None,
+    ):
         self.rgb = background.astype(np.float64)
         self.size = background.shape[0]
         self.label = np.zeros(background.shape[:2], np.int32)
         self.rng = rng
+        self.outline = outline  # (colour, width in pixels) drawn around each layer, or None
 
     def layer(self, mode: str = "L") -> tuple[Image.Image, ImageDraw.ImageDraw]:
         """A blank layer. "L": 0 is empty, other values scale the paint colour by value / 200.
@@ -46,6 +53,20 @@ class Canvas:
         pixels += self.rng.normal(0.0, noise, (len(ys), 1)) if noise else 0.0
         self.rgb[ys, xs] = pixels
         self.label[ys, xs] = label
+        if self.outline is not None:
+            colour, width = self.outline
+            self.rgb[contour(values[..., 3] if layer.mode == "RGBA" else values, width)] = colour
+
+
+def contour(layer: np.ndarray, width: int) -> np.ndarray:
+    """The pixels of a layer's shape within `width` steps (4-neighbours) of its outside; the
+    image border does not count as outside."""
+    inner = layer > 0
+    shape = inner.copy()
+    for _ in range(width):
+        padded = np.pad(inner, 1, mode="edge")
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return shape & ~inner
 
 
 def light_gradient(rng: np.random.Generator, centre: np.ndarray, scale: float) -> Callable:

@@ -110,17 +110,24 @@ def _width(shape: Shape) -> int:
 
 
 def draw_hand(
-    draw: ImageDraw.ImageDraw, shape: Shape, view: str, tone: np.ndarray, rng: np.random.Generator
+    draw: ImageDraw.ImageDraw,
+    shape: Shape,
+    view: str,
+    tone: np.ndarray,
+    rng: np.random.Generator,
+    flat: bool = False,
 ) -> None:
     """The hand in colour on an RGBA layer (alpha marks the hand), seen from `view`.
 
     Palm view: palm, its centre and creases, then fingers over them. Back view: whatever folds
     towards the palm goes first, with its nails, then the back of the hand over it, then the
     thumb's side (which stays in view on a fist, as the thumb's base does on a real one), then
-    the knuckles.
+    the knuckles. `flat`: one tone for palm and fingers (the jitter is drawn all the same).
     """
     look = hand_look(tone, view)
     tones = look.surface[None, :] * rng.uniform(0.94, 1.06, (6, 1))  # palm, then each finger
+    if flat:
+        tones = np.repeat(look.surface[None, :], 6, axis=0)
     rim = 1 if shape.radii[2, 0] >= 2.5 else 0
     segments = [(k, j) for k in (4, 3, 2, 1, 0) for j in range(3)]  # little finger to thumb
     if view == "palm":

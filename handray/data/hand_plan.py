@@ -18,6 +18,7 @@ from handray.data.canvas import light_gradient, other_colour
 from handray.data.hand_paint import skin_tone
 from handray.data.hand_shape import Shape, chaikin, place, rotate, sample_pose
 
+HAND_COUNT_P = (0.15, 0.35, 0.32, 0.18)  # chance of 0, 1, 2, 3 hands in an image
 BACK_CHANCE = 0.5  # share of hands seen from the back; the others show the palm
 BODY_CHANCE = 0.6  # share of arms that lead to a torso
 GLOVE_CHANCE = 0.05  # share of hands in a glove of any colour instead of skin

@@ -3,7 +3,9 @@
 Everything inside the map function is a TensorFlow op (no `py_function`), so decoding, mask
 expansion and augmentation run in parallel outside the Python interpreter. Each worker of a
 distributed run reads its own shard. Randomness is stateless and keyed by the element's position,
-so a run with the same seed sees the same augmentations.
+so a run with the same seed sees the same augmentations: flip, scale jitter with a crop,
+brightness and contrast, and the photo-like appearance changes of `appearance.py` (pixels only,
+on the image's region before padding).
 
 Every example holds:
   image           uint8   [S, S, 3]   resized keeping aspect ratio, zero-padded at the bottom/right
@@ -31,6 +33,7 @@ import tensorflow as tf
 from handray.config import Config
 from handray.core.errors import DatasetError
 from handray.core.geometry import pixel_centre_boxes, resize_scale, resized_shape
+from handray.data.appearance import NUM_SEEDS, random_appearance
 from handray.data.coco import CocoDataset
 
 log = logging.getLogger(__name__)
@@ -205,8 +208,11 @@ def _example_loader(config: Config, flip_map: np.ndarray, training: bool, shard_
     flip_map = tf.constant(flip_map, tf.int32)
 
     def load(index: tf.Tensor, row: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        # 0 flip, 1 scale jitter, 2 crop, 3-4 brightness and contrast, 5.. appearance. A split's
+        # first seeds stay the same when `num` grows, so new uses go at the end.
         seeds = tf.random.experimental.stateless_split(
-            tf.stack([tf.cast(data.seed * 1009 + shard_index, tf.int64), index]), num=6
+            tf.stack([tf.cast(data.seed * 1009 + shard_index, tf.int64), index]),
+            num=5 + NUM_SEEDS,
         )
         height, width = row["height"], row["width"]
         image = tf.io.decode_image(
@@ -241,6 +247,7 @@ def _example_loader(config: Config, flip_map: np.ndarray, training: bool, shard_
         )
         if augment:
             image = _photometric(image, data.brightness_delta, data.contrast_range, seeds[3:5])
+            image = random_appearance(image, data.appearance, seeds[5:])
         image = tf.image.pad_to_bounding_box(image, 0, 0, size, size)
         masks = tf.pad(masks, [[0, 0], [0, size - window[2]], [0, size - window[3]]])
         example = _ground_truth(masks, class_ids, crowd, keypoints, config)

@@ -20,6 +20,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,17 +159,90 @@ def evaluate_model(
     on the matched hands. The speed counts decoding (overlapped with inference) and a new
     model's first-call graph building.
     """
-    class_names = predictor.class_names
-    thresholds = predictor.thresholds
-    batch_size = predictor.batch_size
-    category_ids = _category_ids(class_names, dataset)
+    category_ids = _category_ids(predictor.class_names, dataset)
+    records = _records(dataset, limit)
+    run = _detect(predictor, records, category_ids, overlays, out, progress)
+    ground_truth = load_ground_truth(dataset.annotation_file, len(dataset.keypoint_names))
+    image_ids = [r.image_id for r in records]
+    results = run.results
+    evaluations = {kind: _cocoeval(ground_truth, results, kind, image_ids) for kind in KINDS}
+    metrics: dict[str, Any] = {kind: _summary(e) for kind, e in evaluations.items()}
+    metrics["per_class"] = _per_class(evaluations, dataset, records)
+    merged = merge_across_classes(results)
+    metrics["agnostic"] = agnostic_stats(ground_truth, merged, image_ids)
+    metrics["handedness"] = handedness(ground_truth, merged, image_ids)
+    hand = len(KEYPOINT_NAMES)
+    if len(dataset.keypoint_names) == hand and run.keypoint_counts == {hand}:
+        metrics["keypoints"] = {
+            **coco_evaluate(ground_truth, results, "keypoints", image_ids),
+            **hand_pose(ground_truth, merged, image_ids),
+        }
+    metrics["images"] = len(records)
+    metrics["images_per_s"] = len(records) / run.seconds
+    return metrics
+
+
+def evaluate_agnostic(
+    predictor: Predictor,
+    dataset: CocoDataset,
+    *,
+    overlays: int = 0,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Class-agnostic box and mask stats of `dataset`: are hands found, whatever the model's
+    classes and the dataset's categories are called (a held-out set need not share them).
+
+    Returns ``{"bbox": stats, "segm": stats, "images": n, "hands": h, "images_per_s": x}``;
+    overlays as `evaluate_model` draws them.
+    """
+    records = _records(dataset, None)
+    model_classes = list(range(1, len(predictor.class_names) + 1))
+    run = _detect(predictor, records, model_classes, overlays, out, progress)
+    ground_truth = load_ground_truth(dataset.annotation_file)
+    image_ids = [r.image_id for r in records]
+    stats = agnostic_stats(ground_truth, merge_across_classes(run.results), image_ids)
+    hands = sum(int((~np.asarray(r.crowd, bool)).sum()) for r in records)
+    return {
+        **stats,
+        "images": len(records),
+        "hands": hands,
+        "images_per_s": len(records) / run.seconds,
+    }
+
+
+@dataclass
+class _Run:
+    """What one pass of a predictor over a dataset's images gave."""
+
+    results: list[dict[str, Any]]  # COCO result entries
+    keypoint_counts: set[int]  # K of every detection, 0 where a detection has no keypoints
+    seconds: float
+
+
+def _records(dataset: CocoDataset, limit: int | None) -> list[ImageRecord]:
     if limit is not None and limit < 1:
         raise HandrayError(f"limit must be at least 1, got {limit}")
     records = dataset.images[:limit]
     if not records:
         raise DatasetError(f"{dataset.annotation_file} lists no images to evaluate")
+    return records
+
+
+def _detect(
+    predictor: Predictor,
+    records: Sequence[ImageRecord],
+    category_ids: Sequence[int],
+    overlays: int,
+    out: str | os.PathLike | None,
+    progress: bool,
+) -> _Run:
+    """Detections down to the evaluation threshold as COCO results (class id k as
+    `category_ids[k - 1]`); the first `overlays` images drawn into `out` with what a person is
+    shown."""
+    thresholds, batch_size = predictor.thresholds, predictor.batch_size
     results: list[dict[str, Any]] = []
-    detected_keypoints = set()  # K of every detection, 0 where a detection has no keypoints
+    keypoint_counts = set()
     pictures = []
     start = time.perf_counter()
     batches = read_batches([r.path for r in records], batch_size)
@@ -180,7 +254,7 @@ def evaluate_model(
             found = predictor.predict_batch(images, thresholds.evaluation_min_score)
             for record, image, detections in zip(batch, images, found, strict=True):
                 results += coco_results(record.image_id, detections, category_ids)
-                detected_keypoints.add(_keypoints_of(detections).shape[1])
+                keypoint_counts.add(_keypoints_of(detections).shape[1])
                 if out is not None and len(pictures) < overlays:
                     shown = detections.at_least(thresholds.min_score)
                     pictures.append(draw_detection(image, shown))
@@ -188,24 +262,7 @@ def evaluate_model(
     seconds = time.perf_counter() - start
     if pictures:
         write_overlays(pictures, out)
-
-    ground_truth = load_ground_truth(dataset.annotation_file, len(dataset.keypoint_names))
-    image_ids = [r.image_id for r in records]
-    evaluations = {kind: _cocoeval(ground_truth, results, kind, image_ids) for kind in KINDS}
-    metrics: dict[str, Any] = {kind: _summary(e) for kind, e in evaluations.items()}
-    metrics["per_class"] = _per_class(evaluations, dataset, records)
-    merged = merge_across_classes(results)
-    metrics["agnostic"] = agnostic_stats(ground_truth, merged, image_ids)
-    metrics["handedness"] = handedness(ground_truth, merged, image_ids)
-    hand = len(KEYPOINT_NAMES)
-    if len(dataset.keypoint_names) == hand and detected_keypoints == {hand}:
-        metrics["keypoints"] = {
-            **coco_evaluate(ground_truth, results, "keypoints", image_ids),
-            **hand_pose(ground_truth, merged, image_ids),
-        }
-    metrics["images"] = len(records)
-    metrics["images_per_s"] = len(records) / seconds
-    return metrics
+    return _Run(results, keypoint_counts, seconds)
 
 
 def write_metrics(metrics: dict[str, Any], out: str | os.PathLike) -> Path:
@@ -241,6 +298,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         cells = "".join(_cell(row[c], 11) for c in columns)
         lines.append(f"{name:<16}{row['instances']:>8}{cells}")
     lines += _hand_lines(metrics)
+    lines += _held_out_lines(metrics)
     lines.append("")
     lines.append(f"{metrics['images']} images, {metrics['images_per_s']:.1f} images/s")
     return "\n".join(lines)
@@ -259,6 +317,19 @@ def _hand_lines(metrics: dict[str, Any]) -> list[str]:
         f"{'handedness':<16}{_cell(sides['accuracy'], 0)} of {sides['matched']} matched hands "
         f"(of {sides['hands']})",
         *_pose_lines(metrics),
+    ]
+
+
+def _held_out_lines(metrics: dict[str, Any]) -> list[str]:
+    """The held-out style's class-agnostic AP, when it was measured."""
+    if "held_out" not in metrics:
+        return []
+    held = metrics["held_out"]
+    box, mask = held["bbox"], held["segm"]
+    return [
+        f"{'held-out style':<16}box AP50 {_cell(box['AP50'], 0)}  mask AP50 "
+        f"{_cell(mask['AP50'], 0)} (AP {_cell(box['AP'], 0)} / {_cell(mask['AP'], 0)}), "
+        f"any side, {held['hands']} hands in {held['images']} images",
     ]
 
 

@@ -15,6 +15,10 @@ NO_PHOTOMETRIC = {
     "data.brightness_delta": 0.0,
     "data.contrast_range": [1.0, 1.0],
     "data.use_mini_mask": False,
+    **{
+        f"data.appearance.{change}_prob": 0.0
+        for change in ("noise", "blur", "jpeg", "hue_saturation", "grey")
+    },
 }
 
 

@@ -267,10 +267,10 @@ def test_bodies_are_background_drawn_before_any_hand(monkeypatch):
     drawn, arms = [], 0
     original = scene._draw_body
 
-    def checked(canvas, hand):
+    def checked(canvas, hand, paint):
         before = canvas.rgb.copy()
         assert not canvas.label.any()
-        original(canvas, hand)
+        original(canvas, hand, paint)
         assert not canvas.label.any()
         drawn.append(int((canvas.rgb != before).any(-1).sum()))
 
@@ -361,4 +361,7 @@ def test_info_has_no_timestamps(dataset):
         "images",
         "view_mix",
         "hands_per_view",
+        "style",
+        "family_chances",
+        "images_per_family",
     }

@@ -5,7 +5,6 @@ keypoint AP matches pycocotools with the hand sigmas and PCK/AUC/EPE a numpy ref
 
 import contextlib
 import dataclasses
-import functools
 import io
 import itertools
 import json
@@ -35,7 +34,6 @@ from handray.evaluation.metrics import (
     load_ground_truth,
     write_metrics,
 )
-from handray.inference import checkpoints as checkpoint
 from handray.inference.thresholds import Thresholds
 from tests.conftest import CATEGORIES, rectangle_mask, write_dataset
 
@@ -668,18 +666,15 @@ def test_coco_results_carry_keypoints_only_when_the_detection_has_them():
         assert "keypoints" not in coco_results(7, detection, [1])[0]
 
 
-@pytest.fixture
-def no_xla(monkeypatch):
-    """Plain graphs: compiling the heads with XLA takes longer than these checks."""
-    plain = functools.partial(checkpoint.load_trained_model, jit_compile=False)
-    monkeypatch.setattr(checkpoint, "load_trained_model", plain)
-
-
 def test_evaluate_command_writes_metrics_and_overlays(tiny_checkpoint, tmp_path, no_xla, capsys):
     data = _random_dataset(tmp_path / "data", images=3)
     args = ["evaluate", "--dataset", str(data), "--weights", str(tiny_checkpoint)]
     code = cli.main(
-        [*args, "--limit", "2", "--overlays", "2", "--set", "model.detection_min_confidence=0"]
+        [
+            *args,
+            *("--limit", "2", "--overlays", "2", "--held-out", "0"),
+            *("--set", "model.detection_min_confidence=0"),
+        ]
     )
     assert code == 0, capsys.readouterr().err
     out = tiny_checkpoint / "eval_val"
