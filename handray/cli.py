@@ -409,10 +409,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     source = args.preset or args.config or "the checkpoint's config.yaml"
     print(f"config:  {source} (preset {config.preset}, {config.model.backbone} backbone)")
     print(f"data:    {dataset.annotation_file}, {count} of {len(dataset)} images")
-    metrics = evaluate_model(predictor, dataset, limit=args.limit, overlays=args.overlays, out=out)
     held_out = args.held_out_dataset
-    if held_out is None and args.held_out > 0:
+    if held_out is not None:
+        load_dataset(held_out, "val")  # a bad folder fails now, not after the evaluation
+    elif args.held_out > 0:
         held_out = held_out_dataset(config.data.image_size, images=args.held_out)
+    metrics = evaluate_model(predictor, dataset, limit=args.limit, overlays=args.overlays, out=out)
     if held_out is not None:
         print(f"held-out style: {held_out}")
         metrics["held_out"] = evaluate_held_out(

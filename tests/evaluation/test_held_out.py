@@ -86,6 +86,13 @@ def test_evaluate_command_reports_the_held_out_style(
     assert "held_out" not in json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
 
+    # A held-out folder that is not there fails before anything is evaluated or written.
+    (out / "metrics.json").unlink()
+    missing = tmp_path / "nowhere"
+    assert cli.main([*args, *settings, "--held-out-dataset", str(missing)]) == 2
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+
 
 def test_evaluate_command_rejects_a_negative_held_out_count(tmp_path, capsys):
     args = ["evaluate", "--dataset", str(tmp_path), "--weights", str(tmp_path)]
