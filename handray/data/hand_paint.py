@@ -100,8 +100,9 @@ def hand_look(tone: np.ndarray, view: str) -> Look:
     return Look(surface, centre, line, tone + 0.7 * (_NAIL - tone))
 
 
-def _fill(colour: np.ndarray) -> tuple[int, int, int, int]:
-    r, g, b = (int(min(max(v, 0.0), 255.0)) for v in colour.tolist())
+def opaque(colour: np.ndarray) -> tuple[int, int, int, int]:
+    """An RGB colour as PIL's opaque RGBA fill, each channel clipped to 0..255."""
+    r, g, b = (int(min(max(v, 0.0), 255.0)) for v in np.asarray(colour).tolist())
     return r, g, b, 255
 
 
@@ -146,8 +147,8 @@ def draw_hand(
 
 
 def _draw_palm(draw: ImageDraw.ImageDraw, shape: Shape, tone: np.ndarray, rim: int) -> None:
-    outline = _fill(tone * 0.75) if rim else None
-    polygon(draw, shape.palm, _fill(tone), outline=outline, width=rim)
+    outline = opaque(tone * 0.75) if rim else None
+    polygon(draw, shape.palm, opaque(tone), outline=outline, width=rim)
 
 
 def _draw_segments(
@@ -159,18 +160,18 @@ def _draw_segments(
         p, q = shape.joints[k, j], shape.joints[k, j + 1]
         rp, rq = shape.radii[k, j], shape.radii[k, j + 1]
         if rim and rq - rim >= 0.5:
-            capsule(draw, p, q, rp, rq, _fill(tones[k] * 0.75))
-            capsule(draw, p, q, rp - rim, rq - rim, _fill(tones[k]))
+            capsule(draw, p, q, rp, rq, opaque(tones[k] * 0.75))
+            capsule(draw, p, q, rp - rim, rq - rim, opaque(tones[k]))
         else:
-            capsule(draw, p, q, rp, rq, _fill(tones[k]))
+            capsule(draw, p, q, rp, rq, opaque(tones[k]))
 
 
 def _draw_creases(draw: ImageDraw.ImageDraw, shape: Shape, look: Look) -> None:
     """A lighter palm centre crossed by the three main creases."""
-    polygon(draw, shape.map(_PALM_MIDDLE), _fill(look.centre))
+    polygon(draw, shape.map(_PALM_MIDDLE), opaque(look.centre))
     for crease in _CREASES:
         points = [(float(x), float(y)) for x, y in shape.map(crease)]
-        draw.line(points, fill=_fill(look.line), width=_width(shape), joint="curve")
+        draw.line(points, fill=opaque(look.line), width=_width(shape), joint="curve")
 
 
 def _draw_nails(draw: ImageDraw.ImageDraw, shape: Shape, fingers, colour: np.ndarray) -> None:
@@ -182,7 +183,9 @@ def _draw_nails(draw: ImageDraw.ImageDraw, shape: Shape, fingers, colour: np.nda
             continue
         u, r = (tip - dip) / span, shape.radii[k, 3]
         start = tip - u * min(0.65 * span, 2.4 * r)
-        capsule(draw, start, tip - u * 0.3 * r, max(0.8 * r, 0.5), max(0.7 * r, 0.5), _fill(colour))
+        capsule(
+            draw, start, tip - u * 0.3 * r, max(0.8 * r, 0.5), max(0.7 * r, 0.5), opaque(colour)
+        )
 
 
 def _draw_knuckles(draw: ImageDraw.ImageDraw, shape: Shape, colour: np.ndarray) -> None:
@@ -197,4 +200,4 @@ def _draw_knuckles(draw: ImageDraw.ImageDraw, shape: Shape, colour: np.ndarray) 
                 continue
             across = np.array([a[1] - b[1], b[0] - a[0]]) / span * 0.85 * shape.radii[k, j]
             ends = [tuple(a - across), tuple(a + across)]
-            draw.line(ends, fill=_fill(colour), width=_width(shape))
+            draw.line(ends, fill=opaque(colour), width=_width(shape))

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import ImageDraw
 
 from handray.data.canvas import Canvas, other_colour
-from handray.data.hand_paint import capsule, hand_look, polygon, skin_tone
+from handray.data.hand_paint import capsule, hand_look, opaque, polygon, skin_tone
 from handray.data.hand_plan import HAND_COUNT_P, HandPlan, plan_hand
 from handray.data.hand_shape import Shape, chaikin, ellipse, keypoints, rotate
 
@@ -112,11 +112,6 @@ def _cel(rng: np.random.Generator, centre: np.ndarray):
     return lambda xs, ys: np.where((xs - cx) * dx + (ys - cy) * dy > offset, _SHADOW, 1.0)
 
 
-def _fill(colour: np.ndarray) -> tuple[int, int, int, int]:
-    r, g, b = (int(min(max(v, 0.0), 255.0)) for v in np.asarray(colour).tolist())
-    return r, g, b, 255
-
-
 def _paint_hand(canvas: Canvas, rng: np.random.Generator, hand: HandPlan, label: int):
     """Arm (bare, then a sleeve) and the cartoon hand (instance `label`); returns keypoints."""
     arm, (r0, r_cut, r1) = hand.arm, hand.arm.radii
@@ -154,7 +149,7 @@ def _draw_fingers(draw: ImageDraw.ImageDraw, shape: Shape, fingers, tones, ink) 
         for p, q, tip in bones:
             polygon(draw, _segment(p, q, shape.radii[k, 0] + w, tip), ink)
         for p, q, tip in bones:
-            polygon(draw, _segment(p, q, shape.radii[k, 0], tip), _fill(tones))
+            polygon(draw, _segment(p, q, shape.radii[k, 0], tip), opaque(tones))
 
 
 def _draw_nails(draw: ImageDraw.ImageDraw, shape: Shape, fingers, colour) -> None:
@@ -169,7 +164,7 @@ def _draw_nails(draw: ImageDraw.ImageDraw, shape: Shape, fingers, colour) -> Non
         u = (tip - dip) / span
         n = np.array([-u[1], u[0]]) * 0.6 * r
         a, b = tip - u * min(0.9 * r, 0.8 * span), tip + u * 0.55 * r
-        polygon(draw, np.array([a + n, b + n, b - n, a - n]), _fill(colour))
+        polygon(draw, np.array([a + n, b + n, b - n, a - n]), opaque(colour))
 
 
 def _draw_cartoon_hand(draw: ImageDraw.ImageDraw, shape: Shape, view: str, tone) -> None:
@@ -177,29 +172,29 @@ def _draw_cartoon_hand(draw: ImageDraw.ImageDraw, shape: Shape, view: str, tone)
     fingers and their nails under the back of the hand, the thumb over it while it stays
     open, knuckle marks across the finger bases."""
     look = hand_look(tone, view)
-    ink = _fill(np.minimum(look.surface * 0.35, 70.0))
+    ink = opaque(np.minimum(look.surface * 0.35, 70.0))
     line = max(1, round(0.03 * shape.length))
     order = (4, 3, 2, 1, 0)
     if view == "palm":
-        polygon(draw, shape.palm, _fill(look.surface), outline=ink, width=line)
+        polygon(draw, shape.palm, opaque(look.surface), outline=ink, width=line)
         middle = ellipse(np.array([-0.01, -0.24]), 0.12, 0.12, 0.0, 16)
-        polygon(draw, shape.map(middle), _fill(look.centre))
+        polygon(draw, shape.map(middle), opaque(look.centre))
         for crease in _CREASES:
             points = [(float(x), float(y)) for x, y in shape.map(crease)]
-            draw.line(points, fill=_fill(look.line), width=line)
+            draw.line(points, fill=opaque(look.line), width=line)
         _draw_fingers(draw, shape, order, look.surface, ink)
         return
     over = [0] if shape.flex[0, 0] < _THUMB_OVER else []
     under = [k for k in order if k not in over]
     _draw_fingers(draw, shape, under, look.surface, ink)
     _draw_nails(draw, shape, under, look.nail)
-    polygon(draw, shape.palm, _fill(look.surface), outline=ink, width=line)
+    polygon(draw, shape.palm, opaque(look.surface), outline=ink, width=line)
     _draw_fingers(draw, shape, over, look.surface, ink)
     _draw_nails(draw, shape, over, look.nail)
     for k in range(1, 5):  # knuckle marks: short arcs just below each finger's base
         base, r = shape.joints[k, 0], float(shape.radii[k, 0])
         arc = base + rotate(np.array([[-0.5, 0.45], [0.0, 0.6], [0.5, 0.45]]) * r, shape.angle)
-        draw.line([(float(x), float(y)) for x, y in arc], fill=_fill(look.line), width=line)
+        draw.line([(float(x), float(y)) for x, y in arc], fill=opaque(look.line), width=line)
 
 
 def _draw_distractor(canvas: Canvas, rng: np.random.Generator) -> None:
