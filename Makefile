@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test test-fast lint demo serve clean
+.PHONY: setup browser test test-fast lint demo reference serve clean
 
 setup: $(STAMP) browser
 
@@ -43,6 +43,11 @@ lint: setup
 
 demo: setup
 	$(BIN)/handray demo --out runs/demo
+
+# The demo's recipe for about 90 minutes, measured against training minutes
+# (benchmarks/README.md, "The reference run"); run it again to continue an unfinished run.
+reference: setup
+	$(BIN)/python benchmarks/reference.py --out runs/reference
 
 # The demo's export over HTTP (http://127.0.0.1:8000/), with JSON errors from Ray's proxy too;
 # Ctrl-C (or SIGTERM) drains the requests in flight before it stops.

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="use this dataset folder's val split as the held-out set instead",
     )
-    _add_weights(evaluate)
+    _add_weights(evaluate, exports=True)
 
     predict = _command(commands, "predict", _predict, "detect hands in image files")
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--min-score", type=_score, metavar="S", help="report scores >= S (default: config's)"
     )
-    _add_weights(predict)
+    _add_weights(predict, exports=True)
 
     export = _command(commands, "export", _export, "write a SavedModel for serving")
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="export folder")
@@ -224,13 +224,15 @@ def _add_cluster_run(parser: argparse.ArgumentParser) -> None:
     _add_overrides(parser)
 
 
-def _add_weights(parser: argparse.ArgumentParser) -> None:
-    """The options that say which trained model a command runs."""
+def _add_weights(parser: argparse.ArgumentParser, exports: bool = False) -> None:
+    """The options that say which trained model a command runs (`exports`: an export folder
+    too, run by its own graph)."""
     parser.add_argument(
         "--weights",
         required=True,
         help="`last`, `best` (the newest sweep's best trial), a checkpoint, run or sweep folder, "
-        "or an .h5 file (which needs --preset/--config)",
+        + ("an export folder (models/reference), " if exports else "")
+        + "or an .h5 file (which needs --preset/--config)",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help="architecture preset, replacing the checkpoint's config")
@@ -406,7 +408,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = args.out or weights.parent / f"eval_{weights.stem}_{args.split}"
     count = min(len(dataset), args.limit or len(dataset))
     print(f"weights: {weights}")
-    source = args.preset or args.config or "the checkpoint's config.yaml"
+    own = "the export's" if (weights / "saved_model.pb").is_file() else "the checkpoint's"
+    source = args.preset or args.config or f"{own} config"
     print(f"config:  {source} (preset {config.preset}, {config.model.backbone} backbone)")
     print(f"data:    {dataset.annotation_file}, {count} of {len(dataset)} images")
     held_out = args.held_out_dataset
@@ -474,10 +477,23 @@ def _load_model(args: argparse.Namespace):
 
 
 def _load_predictor(args: argparse.Namespace, batch_size: int = 4):
-    """A `Predictor` for the model `_add_weights` options name, its config and weights path."""
+    """A predictor for the model `_add_weights` options name (an export folder runs its own
+    graph, like the shipped models/reference), its config and weights path."""
     from handray.inference.predictor import Predictor
     from handray.inference.thresholds import Thresholds
 
+    export = Path(args.weights).expanduser()
+    if (export / "saved_model.pb").is_file():
+        from handray.config import load_config
+        from handray.inference.export import CONFIG_COPY
+        from handray.inference.load import ExportPredictor
+
+        if args.preset or args.config or args.overrides:
+            raise HandrayError(
+                f"--weights {export} is an export, which runs with its own config "
+                f"({CONFIG_COPY}); drop --preset, --config and --set"
+            )
+        return ExportPredictor(export, batch_size), load_config(export / CONFIG_COPY), export
     model, config, weights = _load_model(args)
     return Predictor(model, Thresholds.from_config(config), batch_size), config, weights
 

@@ -61,7 +61,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
         write_metrics,
     )
     from handray.inference.checkpoints import load_trained_model
-    from handray.inference.export import export_model
+    from handray.inference.export import export_model, write_model_card
     from handray.inference.predictor import Predictor
     from handray.inference.thresholds import Thresholds
     from handray.train.resources import WorkerResources
@@ -69,7 +69,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
 
     start = time.perf_counter()
     out = Path(out).resolve()
-    data = _dataset(out / "data")
+    data = demo_dataset(out / "data")
     preview = preview_dataset(load_dataset(data, "train"), out / "data_preview.png", count=12)
     print(f"ground truth preview: {preview}")
 
@@ -93,6 +93,10 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     print(format_metrics(metrics))
     metrics_file = write_metrics(metrics, evaluation)
     export = export_model(model, trained_config, out / "model", overwrite=True)
+    steps, minutes = trained_for(run.checkpoint)
+    write_model_card(
+        export, *model_card("make demo", DEMO_DATA, DEMO_TRAINING, steps, minutes, metrics)
+    )
     total = (time.perf_counter() - start) / 60
     mask_ap50 = metrics["segm"]["AP50"] or 0.0
     print(
@@ -139,15 +143,56 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
     }
 
 
+def trained_for(checkpoint: Path) -> tuple[int, float]:
+    """The steps a checkpoint was trained for and the minutes its epochs took."""
+    state = json.loads((Path(checkpoint) / "state.json").read_text())
+    return state["step"], sum(epoch["epoch_seconds"] for epoch in state["history"]) / 60
+
+
+def model_card(
+    made_by: str, data: dict, recipe: dict, steps: int, minutes: float, metrics: dict
+) -> tuple[str, dict]:
+    """The summary line and details of a model trained on synthetic `data` with `recipe` (the
+    demo's or the reference run's) and measured as `metrics` (`evaluate_model`'s, with the
+    held-out style under "held_out")."""
+    numbers = {
+        "mask AP50": metrics["segm"]["AP50"],
+        "any side mask AP50": metrics["agnostic"]["segm"]["AP50"],
+        "side accuracy": metrics["handedness"]["accuracy"],
+        "PCK@0.2": (metrics.get("keypoints") or {}).get("pck@0.2"),
+        "held-out style mask AP50": metrics["held_out"]["segm"]["AP50"],
+    }
+    two, any_side, side, pck, held_out = (_number(value, 2) for value in numbers.values())
+    summary = (
+        f"tiny, trained {minutes:.0f} min ({steps:,} steps) on {data['train']:,} synthetic "
+        f"{data['size']} px images ({data['style']} style) by {made_by}; validation mask AP50 "
+        f"{two} with sides, {any_side} any side, side right for {side} of the hands found, "
+        f"PCK@0.2 {pck}; held-out drawing style mask AP50 {held_out}"
+    )
+    details = {
+        "made_by": made_by,
+        "trained_on": {"generator": GENERATOR, **data},
+        "recipe": {"preset": "tiny", **recipe},
+        "steps": steps,
+        "train_minutes": round(minutes, 1),
+        "validation_images": data["val"],
+        "measured": numbers,
+    }
+    return summary, details
+
+
 def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _dataset(data: Path) -> Path:
-    if _made_as_asked(data):
+def demo_dataset(data: Path, spec: dict | None = None) -> Path:
+    """The synthetic dataset `spec` (default `DEMO_DATA`) describes, in `data`: reused when its
+    files were made that way, generated otherwise."""
+    spec = spec or DEMO_DATA
+    if _made_as_asked(data, spec):
         print(f"reusing the synthetic dataset in {data}")
     else:
-        summary = generate_dataset(data, overwrite=True, **DEMO_DATA)
+        summary = generate_dataset(data, overwrite=True, **spec)
         print(f"generated {sum(summary.images.values())} synthetic images in {data}")
     for split in ("train", "val"):
         dataset = load_dataset(data, split)
@@ -159,15 +204,15 @@ def _dataset(data: Path) -> Path:
     return data
 
 
-def _made_as_asked(data: Path) -> bool:
-    """Whether `data` holds both splits written by today's generator with `DEMO_DATA`."""
+def _made_as_asked(data: Path, spec: dict) -> bool:
+    """Whether `data` holds both splits written by today's generator as `spec` asks."""
     for split in ("train", "val"):
         path = annotation_file(data, split)
         if not path.is_file():
             return False
         info = json.loads(path.read_text()).get("info", {})
-        asked = {key: DEMO_DATA[key] for key in ("style", "seed", "size")}
-        asked.update(generator=GENERATOR, images=DEMO_DATA[split])
+        asked = {key: spec[key] for key in ("style", "seed", "size")}
+        asked.update(generator=GENERATOR, images=spec[split])
         if any(info.get(key) != value for key, value in asked.items()):
             print(f"{path} was made by another generator or style; making the data again")
             return False

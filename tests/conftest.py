@@ -198,15 +198,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     )
 
 
+TINY_EXPORT_ABOUT = "tiny, untrained, exported by the tests"
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tiny_checkpoint, tmp_path_factory) -> Path:
     """`handray export` of the untrained tiny checkpoint, keeping every detection by default
-    (an untrained model's scores are arbitrary, so a threshold would leave too few to compare)."""
+    (an untrained model's scores are arbitrary, so a threshold would leave too few to compare),
+    with a model card as `make demo` and `make reference` write one."""
     from handray import cli
+    from handray.inference.export import write_model_card
 
     out = tmp_path_factory.mktemp("export") / "model"
     args = ["export", "--weights", str(tiny_checkpoint), "--out", str(out)]
     assert cli.main([*args, "--set", "serve.min_score=0"]) == 0
+    write_model_card(out, TINY_EXPORT_ABOUT, {"made_by": "tests/conftest.py"})
     return out
 
 

@@ -11,6 +11,7 @@ loads it.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,38 @@ import numpy as np
 from PIL import Image
 
 from handray.core.errors import HandrayError
+
+MODEL_CARD = "model_card.json"  # optional: {"summary": one line a person reads, ...details}
+
+
+def first_export(model_dirs: str | Path | Sequence[str | Path]) -> Path:
+    """The first of `model_dirs` (one folder or a list, in order of preference) that holds a
+    SavedModel: serve_config.yaml lists the demo's export before the reference model the
+    repository ships, so a fresh clone serves that one until `make demo` has run."""
+    if isinstance(model_dirs, str | Path):
+        return export_path(model_dirs)
+    if not model_dirs:
+        raise HandrayError("model_dir: an empty list; name at least one export folder")
+    for model_dir in model_dirs:
+        try:
+            return export_path(model_dir)
+        except HandrayError:
+            continue
+    tried = ", ".join(str(Path(d).expanduser().resolve()) for d in model_dirs)
+    raise HandrayError(
+        f"model_dir: none of {tried} holds a SavedModel; create one with `handray export "
+        "--weights CKPT --out DIR` (`make demo` writes runs/demo/model)"
+    )
+
+
+def read_model_card(model_dir: str | Path) -> dict[str, Any]:
+    """The export's model card (what it was trained on and measured), or {} when it has none
+    or it cannot be read: the card describes the model, it never stops it from serving."""
+    try:
+        card = json.loads((Path(model_dir) / MODEL_CARD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
 
 
 def export_path(model_dir: str | Path) -> Path:
@@ -63,6 +96,7 @@ class ExportedModel:
         self.class_names = tuple(names[1:] if names[:1] == ["BG"] else names)
         self.min_score = float(meta["min_score"])
         self.mask_threshold = float(meta["mask_threshold"])
+        self.about = read_model_card(self.path).get("summary")
 
     def run(
         self, images: Sequence[bytes], min_score: float, mask_threshold: float
@@ -77,4 +111,9 @@ class ExportedModel:
         return {key: value.numpy() for key, value in out.items()}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "class_names": list(self.class_names)}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "about": self.about,
+            "class_names": list(self.class_names),
+        }

@@ -23,13 +23,15 @@ Every ROI head of the model adds its output under its name (`keypoints [B, N, K,
 Pixels are decoded as stored: EXIF orientation is not applied (the HTTP server applies it first).
 The network runs with the threshold it is given and `handray.inference.postprocess` maps its
 outputs back to the original pixels, as the predictor does: one model, one post-processing path.
-`handray.core.exported` reads what this writes.
+`handray.core.exported` reads what this writes, and the optional model card beside it
+(`write_model_card`: what the model was trained on and measured).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
@@ -41,9 +43,10 @@ import numpy as np
 import tensorflow as tf
 
 from handray.config import Config, dump_config, save_config
-from handray.core.atomic import atomic_directory
+from handray.core.atomic import atomic_directory, atomic_write
 from handray.core.detections import image_rows
 from handray.core.errors import HandrayError
+from handray.core.exported import MODEL_CARD
 from handray.core.geometry import resize_and_pad
 from handray.inference.postprocess import to_original_pixels
 from handray.inference.thresholds import Thresholds
@@ -151,6 +154,16 @@ def export_model(
         tf.saved_model.save(module, str(staging), signatures=signatures)
         save_config(config, staging / CONFIG_COPY)
     return out
+
+
+def write_model_card(model_dir: str | os.PathLike, summary: str, details: dict[str, Any]) -> Path:
+    """Write the export's model card: `summary`, the line the server prints and the page
+    shows, and `details` (data, recipe, measured numbers) for people to read."""
+    path = Path(model_dir) / MODEL_CARD
+    with atomic_write(path) as handle:
+        json.dump({"summary": summary, **details}, handle, indent=1, default=float)
+        handle.write("\n")
+    return path
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from handray.config import ServeConfig, updated_serve_config
 from handray.core.detections import Detections, image_rows
 from handray.core.errors import HandrayError
-from handray.core.exported import ExportedModel, bmp_bytes, export_path
+from handray.core.exported import ExportedModel, bmp_bytes, first_export
 from handray.core.records import MASK_FORMATS, detection_records
 from handray.serve.batching import Batcher
 from handray.serve.codec import RequestError, UploadLimits, decode_upload, too_large
@@ -338,7 +338,7 @@ class Ingress:
                 "success": True,
                 "predictions": predictions,
                 "image": {"width": width, "height": height},
-                "model": {"name": info["name"], "version": info["version"]},
+                "model": {key: info[key] for key in ("name", "version", "about")},
                 "timing_ms": timing,
             },
             headers={"Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timing.items())},
@@ -466,8 +466,9 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """The application `serve run` starts: `args` holds `model_dir`, the export's folder
-    (relative paths are taken from the folder `serve run` is started in), and optionally
+    """The application `serve run` starts: `args` holds `model_dir`, the export's folder or a
+    list of them of which the first holding an export is served (relative paths are taken
+    from the folder `serve run` is started in), and optionally
     `model_threads`, TensorFlow's threads in each model replica (default: its `num_cpus`
     rounded up)."""
     if "model_dir" not in args:
@@ -475,5 +476,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     threads = args.get("model_threads")
     if threads is not None and (not str(threads).isdigit() or int(threads) < 1):
         raise HandrayError(f"args.model_threads={threads!r}: use a whole number >= 1")
-    model_dir = str(export_path(args["model_dir"]))
+    model_dir = str(first_export(args["model_dir"]))
     return Ingress.bind(HandModel.bind(model_dir, None if threads is None else int(threads)))

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from handray.core.errors import HandrayError
-from handray.core.exported import export_path
+from handray.core.exported import first_export, read_model_card
 from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
 from handray.serve.replicas import REPLICA_PREFIX
 
@@ -124,22 +124,30 @@ def read_config(path: Path, base: Path) -> dict[str, Any]:
     config.setdefault("http_options", {})
     for app in _handray_apps(config):
         model_dir = app.get("args", {}).get("model_dir")
-        if model_dir is not None:
+        if isinstance(model_dir, list):
+            app["args"]["model_dir"] = [str(base / Path(d).expanduser()) for d in model_dir]
+        elif model_dir is not None:
             app["args"]["model_dir"] = str(base / Path(model_dir).expanduser())
     return config
 
 
 def check_exports(config: dict[str, Any]) -> None:
     """Refuse a handray app whose `model_dir` holds no export before anything starts (checked
-    only for a local cluster: a joined cluster's nodes may see other files)."""
+    only for a local cluster: a joined cluster's nodes may see other files), and say which
+    export each app serves."""
     for app in _handray_apps(config):
         args = app.get("args", {})
         if "model_dir" not in args:
             raise HandrayError(f"application {app['name']}: args.model_dir, the export, is unset")
         try:
-            export_path(args["model_dir"])
+            export = first_export(args["model_dir"])
         except HandrayError as err:
             raise HandrayError(f"application {app['name']}: {err}") from None
+        about = read_model_card(export).get("summary")
+        print(
+            f"application {app['name']}: the export in {export}" + (f" ({about})" if about else ""),
+            flush=True,
+        )
 
 
 def drained_config(config: dict[str, Any]) -> dict[str, Any]:

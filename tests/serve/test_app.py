@@ -16,6 +16,7 @@ from pycocotools import mask as mask_utils
 from handray.core.detections import Detections
 from handray.serve.app import build_app
 from handray.serve.launcher import wait_for_model
+from tests.conftest import TINY_EXPORT_ABOUT
 from tests.serve.conftest import BATCHING
 
 pytestmark = pytest.mark.slow  # a Ray cluster and a Serve server
@@ -66,6 +67,7 @@ def test_the_old_clients_exact_call(url, photo_files, expected):
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["success"] is True and body["model"]["name"] == "handray-tiny"
+    assert body["model"]["about"] == TINY_EXPORT_ABOUT  # the export's model card, for the page
     assert {"roi", "class_id", "class_name", "score", "mask"} <= set(body["predictions"][0])
     assert_same_predictions(body, expected[0])
     timing = body["timing_ms"]

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
+from tests.conftest import TINY_EXPORT_ABOUT
+
 pytestmark = pytest.mark.slow  # a Serve server and a browser
 
 if TYPE_CHECKING:
@@ -106,6 +108,9 @@ def test_the_page_uploads_once_filters_by_score_and_shows_errors(
     default_count = count_at(scores, DEFAULT_MIN_SCORE)
     expect(page.locator("#count")).to_have_text(str(default_count))
     expect(page.locator("#latency")).to_contain_text("ms")
+    version = reply.json()["model"]["version"]
+    expect(page.locator("#model")).to_have_text(f"model: handray-tiny {version}")
+    expect(page.locator("#model")).to_have_attribute("title", TINY_EXPORT_ABOUT)  # its model card
     screenshot = tmp_path / "page.png"
     page.screenshot(path=screenshot, full_page=True)
     assert screenshot.stat().st_size > 0

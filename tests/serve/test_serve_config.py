@@ -2,6 +2,7 @@
 deployments and settings handray defines, so `serve run`/`serve deploy` will accept them."""
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from handray.config import ServeConfig, updated_serve_config
-from handray.core.errors import ConfigError
+from handray.core.errors import ConfigError, HandrayError
+from handray.core.exported import read_model_card
 from handray.serve import app as serve_app
+from handray.serve.supervisor import check_exports, read_config
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ("serve_config.yaml", "serve_config.gpu.yaml")
@@ -37,14 +40,36 @@ def test_config_passes_serves_schema_and_names_our_deployments(name):
     assert schema.http_options.request_timeout_s > 0
 
 
-def test_local_config_serves_the_demo_export_on_localhost_without_gpus():
+def test_local_config_serves_the_demo_export_else_the_shipped_one_without_gpus():
     raw = load("serve_config.yaml")
     assert raw["http_options"]["host"] == "127.0.0.1" and raw["http_options"]["port"] == 8000
     (application,) = raw["applications"]
-    assert application["args"]["model_dir"] == "runs/demo/model"
+    assert application["args"]["model_dir"] == ["runs/demo/model", "models/reference"]
     assert all(d["ray_actor_options"].get("num_gpus", 0) == 0 for d in application["deployments"])
     gpu = load("serve_config.gpu.yaml")["applications"][0]["deployments"]
     assert {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in gpu}["HandModel"] == 1
+
+
+def test_a_fresh_clone_serves_the_shipped_reference_model(tmp_path, capsys):
+    """Read from a folder without the demo's export (a fresh clone's), the config serves the
+    reference model the repository ships; once `make demo` has written one, the demo's."""
+    config = read_config(ROOT / "serve_config.yaml", tmp_path)
+    (application,) = config["applications"]
+    assert application["args"]["model_dir"] == [
+        str(tmp_path / "runs/demo/model"),
+        str(tmp_path / "models/reference"),
+    ]
+    with pytest.raises(HandrayError, match="none of .*runs/demo/model, .*models/reference"):
+        check_exports(config)
+    shutil.copytree(ROOT / "models/reference", tmp_path / "models/reference")
+    check_exports(config)
+    summary = read_model_card(ROOT / "models/reference")["summary"]
+    assert f"the export in {tmp_path / 'models/reference'} ({summary})" in capsys.readouterr().out
+    demo = tmp_path / "runs/demo/model"
+    demo.mkdir(parents=True)
+    (demo / "saved_model.pb").write_bytes(b"")
+    check_exports(config)
+    assert f"the export in {demo}\n" in capsys.readouterr().out
 
 
 def test_broken_copies_are_rejected():
@@ -79,8 +104,6 @@ def test_every_replica_the_autoscaler_may_ask_for_fits_a_two_core_machine():
 
 
 def test_the_model_threads_argument_is_checked():
-    from handray.core.errors import HandrayError
-
     for bad in (0, "two", -1):
         with pytest.raises(HandrayError, match="model_threads"):
             serve_app.build_app({"model_dir": "anywhere", "model_threads": bad})
