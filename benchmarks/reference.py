@@ -32,7 +32,7 @@ from handray.data.coco import load_dataset
 from handray.demo import DEMO_DATA, DEMO_TRAINING, demo_dataset, model_card, trained_for
 from handray.evaluation.held_out import evaluate_held_out, held_out_dataset
 from handray.evaluation.metrics import evaluate_model
-from handray.inference.checkpoints import load_trained_model
+from handray.inference.checkpoints import load_trained_model, read_state, run_checkpoints
 from handray.inference.export import export_model, write_model_card
 from handray.inference.predictor import Predictor
 from handray.inference.thresholds import Thresholds
@@ -68,13 +68,8 @@ def recipe(epochs: int, steps_per_epoch: int) -> dict:
 
 
 def checkpoints(run_dir: Path) -> dict[int, Path]:
-    """The run's checkpoint folders by the epoch each ends."""
-    found = {}
-    for folder in run_dir.glob("checkpoint_*"):
-        state = folder / "state.json"
-        if state.is_file():
-            found[json.loads(state.read_text())["epoch"]] = folder
-    return dict(sorted(found.items()))
+    """The run's complete checkpoint folders by the epoch each ends."""
+    return {read_state(folder).epoch: folder for folder in run_checkpoints(run_dir)}
 
 
 def train(out: Path, data: Path, epochs: int, steps_per_epoch: int) -> Path:

@@ -19,6 +19,7 @@ from handray.config import load_config
 from handray.data.coco import annotation_file, load_dataset
 from handray.data.preview import preview_dataset
 from handray.data.synthetic import GENERATOR, generate_dataset
+from handray.inference.checkpoints import read_state
 
 # Thousands of training images, so that the model cannot memorise them (with 400 it reached
 # train mask AP50 0.83 and validation 0.01); generated in parallel once and reused. The "varied"
@@ -145,8 +146,8 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
 
 def trained_for(checkpoint: Path) -> tuple[int, float]:
     """The steps a checkpoint was trained for and the minutes its epochs took."""
-    state = json.loads((Path(checkpoint) / "state.json").read_text())
-    return state["step"], sum(epoch["epoch_seconds"] for epoch in state["history"]) / 60
+    state = read_state(checkpoint)
+    return state.step, sum(epoch["epoch_seconds"] for epoch in state.history or []) / 60
 
 
 def model_card(

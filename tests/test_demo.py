@@ -41,7 +41,9 @@ def test_the_model_card_says_what_the_model_saw_and_measured(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     history = [{"epoch": 1, "epoch_seconds": 90.0}, {"epoch": 2, "epoch_seconds": 150.0}]
-    (checkpoint / "state.json").write_text(json.dumps({"step": 400, "history": history}))
+    (checkpoint / "state.json").write_text(
+        json.dumps({"epoch": 2, "step": 400, "history": history})
+    )
     steps, minutes = demo.trained_for(checkpoint)
     assert (steps, minutes) == (400, 4.0)
     metrics = {
