@@ -292,7 +292,7 @@ def _stage_calls(
     normalised = tf.cast(windows, tf.float32) / float(size)
 
     def compiled(fn):
-        return tf.function(fn, jit_compile=xla)
+        return tf.function(fn, jit_compile=xla, autograph=False)
 
     def proposals_fn(probs, deltas):
         return model._proposals(probs, deltas, normalised, settings.post_nms_rois_inference)

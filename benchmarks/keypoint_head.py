@@ -127,7 +127,7 @@ def main() -> None:
     padded = tf.zeros([1, config.data.image_size, config.data.image_size, 3])
     pyramid = with_head._pyramid(padded, training=False)
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=True, autograph=False)
     def keypoint_stage(pyramid, boxes):
         heatmaps = keypoint.run(
             pyramid, boxes, config.data.image_size, training=False, images=padded

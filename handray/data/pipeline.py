@@ -85,6 +85,7 @@ def build_dataset(
     if repeat:
         data = data.repeat()
     load = _example_loader(config, flip_class_map(dataset.class_names), training, shard_index)
+    load = tf.autograph.experimental.do_not_convert(load)  # plain TF ops: no conversion
     data = data.enumerate().map(load, num_parallel_calls=tf.data.AUTOTUNE)
     data = data.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()

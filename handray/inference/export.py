@@ -76,9 +76,9 @@ class DetectionExport(tf.Module):
             "min_score": tf.constant(thresholds.min_score),
             "mask_threshold": tf.constant(thresholds.mask),
         }
-        self.serving_default = tf.function(self._serve)
-        self.predict_image = tf.function(self._predict_image)
-        self.metadata = tf.function(lambda: dict(self._info), input_signature=[])
+        self.serving_default = tf.function(self._serve, autograph=False)
+        self.predict_image = tf.function(self._predict_image, autograph=False)
+        self.metadata = tf.function(lambda: dict(self._info), input_signature=[], autograph=False)
 
     def signatures(self) -> dict[str, Any]:
         """Trace every signature (and the restored function's optional-argument forms)."""

@@ -68,7 +68,7 @@ class Predictor(ImagePredictor):
         self.model, self.thresholds, self.batch_size = model, thresholds, batch_size
         heads, size = model.roi_heads, model.image_size
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def to_original(outputs, windows, scales, sizes, min_score, mask_threshold):
             return to_original_pixels(
                 outputs, heads, windows, scales, sizes, size, min_score, mask_threshold

@@ -114,9 +114,9 @@ class MaskRCNN(keras.Model):
         if jit_compile == "auto" and tf.config.list_physical_devices("GPU"):
             jit_compile = True
         if jit_compile != "auto":
-            return tf.function(self._inference, jit_compile=bool(jit_compile))
-        features = tf.function(self._rpn_stage)
-        heads = tf.function(self._head_stage, jit_compile=True)
+            return tf.function(self._inference, jit_compile=bool(jit_compile), autograph=False)
+        features = tf.function(self._rpn_stage, autograph=False)
+        heads = tf.function(self._head_stage, jit_compile=True, autograph=False)
         return lambda images, windows, min_score: heads(
             *features(images), images, windows, min_score
         )

@@ -89,7 +89,9 @@ class ServeProcess:
             [str(serve), "run", str(path), "--address", address],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RAY_AUTH_MODE": "token"},
+            # Unbuffered, so a `serve run` that has to be killed loses no line of its log.
+            env={**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"},
+            preexec_fn=ctrl_c_stops,
         )
         try:
             wait_for_model(self.url, is_warm, ready_timeout_s, self._exited)
@@ -114,6 +116,14 @@ class ServeProcess:
             shutdown_serve()
         forget_serve_client()
         self.log.close()
+
+
+def ctrl_c_stops() -> None:
+    """Give the child Ctrl-C's default action. A shell starts background jobs (`cmd &`, so
+    also a benchmark or test run under `nohup`) with SIGINT ignored, children inherit that,
+    and Python then never raises KeyboardInterrupt: `serve run` would sleep through `stop`'s
+    SIGINT until the kill, and leave Serve running on the cluster."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def forget_serve_client() -> None:

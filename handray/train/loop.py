@@ -310,7 +310,7 @@ class _Epochs:
         """A compiled call: next batch of an iterator on every replica, mean losses back."""
         strategy = self.context.strategy
 
-        @tf.function
+        @tf.function(autograph=False)
         def run(iterator):
             losses = strategy.run(replica_fn, args=(next(iterator),))
             return {k: strategy.reduce("MEAN", v, axis=None) for k, v in losses.items()}
@@ -345,7 +345,7 @@ class _Epochs:
             for variable, mean in zip(statistics, means, strict=True):
                 variable.assign(mean)
 
-        return tf.function(lambda: strategy.run(replica))
+        return tf.function(lambda: strategy.run(replica), autograph=False)
 
     def _validation_losses(self) -> dict[str, float]:
         steps = self.run_config.train.validation_steps

@@ -81,7 +81,9 @@ def make_train_step(
     the new weights (the weight averages of `train.ema_decay`).
     """
     gradients_of = tf.function(
-        lambda batch: loss_gradients(model, optimizer, batch, config), jit_compile=jit_compile
+        lambda batch: loss_gradients(model, optimizer, batch, config),
+        jit_compile=jit_compile,
+        autograph=False,
     )
 
     def step(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -93,4 +95,4 @@ def make_train_step(
             after_update()
         return values
 
-    return tf.function(step)
+    return tf.function(step, autograph=False)

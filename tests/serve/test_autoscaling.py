@@ -15,6 +15,7 @@ from handray.serve.launcher import ServeProcess, deployments, free_port, shipped
 from handray.serve.loadgen import Probe
 from handray.serve.ramp import Phase, Sample, run_ramp
 from handray.serve.replicas import replicas
+from tests.serve.conftest import BATCHING
 
 pytestmark = pytest.mark.slow  # a Serve app scaled up and down
 
@@ -38,11 +39,12 @@ def back_to_one(samples: list[Sample]) -> bool:
 
 
 def quick_autoscaling(config: dict) -> dict:
-    """The shipped config with second-scale delays and look-back, and replica CPUs that fit
-    the test cluster beside the other tests' actors."""
+    """The shipped config with second-scale delays and look-back, replica CPUs that fit the
+    test cluster beside the other tests' actors, and the tests' shorter batches (BATCHING)."""
     for name, deployment in deployments(config).items():
         deployment["ray_actor_options"]["num_cpus"] = 0.25
         if name == "HandModel":
+            deployment["user_config"]["max_batch_size"] = BATCHING["max_batch_size"]
             deployment["autoscaling_config"].update(
                 target_ongoing_requests=TARGET,
                 upscale_delay_s=2,

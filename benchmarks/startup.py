@@ -1,0 +1,95 @@
+"""What a new process pays before it does useful work: a short training run (as the tests and
+every Ray Train worker start one), the first predictions, and a served export's first batch of
+each size (what a Serve replica warms up). Prints a markdown table of seconds.
+
+    .venv/bin/python benchmarks/startup.py [--model-dir models/reference]
+
+Run it on another checkout with `PYTHONPATH=/that/checkout` to compare two versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def timed(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=Path("models/reference"))
+    parser.add_argument("--batch-sizes", type=int, default=8, help="warm batches 1..N")
+    args = parser.parse_args()
+
+    rows: list[tuple[str, float]] = []
+    rows.append(("import TensorFlow and handray", timed(_import_everything)))
+
+    from handray.config import load_config
+    from handray.core.exported import ExportedModel
+    from handray.data.synthetic import generate_dataset
+    from handray.inference.predictor import Predictor
+    from handray.inference.thresholds import Thresholds
+    from handray.model import build_model
+    from handray.train.loop import WorkerContext, train_worker
+
+    config = load_config(
+        "tiny",
+        {
+            "data.image_size": 64,
+            "train.epochs": 2,
+            "train.steps_per_epoch": 3,
+            "train.validation_steps": 1,
+            "train.images_per_worker": 2,
+            "train.eval_every": 0,
+        },
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        hands = Path(tmp) / "hands"
+        generate_dataset(hands, train=8, val=4, size=64, seed=3, workers=1, progress=False)
+        started = time.perf_counter()
+        train_worker(config, hands, WorkerContext(report=lambda *_: None))
+        rows.append(("train_worker: 2 epochs of 3 steps at 64 px", time.perf_counter() - started))
+
+    tiny = load_config("tiny")
+    predictor = Predictor(build_model(tiny), Thresholds.from_config(tiny))
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8)
+    rows.append(("first detect (tiny, 1 image)", timed(lambda: predictor.detect([image]))))
+    rows.append(("second detect", timed(lambda: predictor.detect([image]))))
+
+    if (args.model_dir / "saved_model.pb").is_file():
+        loaded: list[ExportedModel] = []
+        load = lambda: loaded.append(ExportedModel(args.model_dir))  # noqa: E731
+        rows.append(("load the export", timed(load)))
+        encoded = io.BytesIO()
+        Image.fromarray(image).save(encoded, format="PNG")
+        probe = encoded.getvalue()
+        first = [
+            timed(lambda n=n: loaded[0].run([probe] * n, 0.5, 0.5))
+            for n in range(1, args.batch_sizes + 1)
+        ]
+        rows.append((f"export: first batch of each size 1..{args.batch_sizes}, summed", sum(first)))
+        rows.append(("export: a batch of 1 again", timed(lambda: loaded[0].run([probe], 0.5, 0.5))))
+
+    print("| measure | seconds |\n|---|---|")
+    for measure, seconds in rows:
+        print(f"| {measure} | {seconds:.1f} |")
+
+
+def _import_everything() -> None:
+    import tensorflow  # noqa: F401
+
+    import handray.train.loop  # noqa: F401
+
+
+if __name__ == "__main__":
+    main()
