@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from PIL import Image
 
+from handray.core.exported import holds_export
 from handray.data.scene import render_sample
 from handray.serve.launcher import ServeProcess, deployments, free_port, shipped_config
 from handray.serve.loadgen import Probe
@@ -180,7 +181,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="phase length multiplier")
     parser.add_argument("--plot", type=Path, default=ROOT / "runs" / "autoscale.png")
     args = parser.parse_args()
-    if not (args.model_dir / "saved_model.pb").is_file():
+    if not holds_export(args.model_dir):
         parser.error(f"--model-dir {args.model_dir}: no export there; run `make demo` first")
     import ray
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from handray.core.exported import holds_export
 from handray.data.scene import render_sample
 from handray.serve.loadgen import Outcome, percentile
 from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--kill-after", type=float, default=120.0, help="seconds into the soak")
     parser.add_argument("--model-dir", type=Path, default=ROOT / "runs" / "demo" / "model")
     args = parser.parse_args()
-    if not (args.model_dir / "saved_model.pb").is_file():
+    if not holds_export(args.model_dir):
         parser.error(f"--model-dir {args.model_dir}: no export there; run `make demo` first")
     import ray
 

@@ -13,16 +13,19 @@ import argparse
 import io
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 
-def timed(work) -> float:
+def timed(work: Callable[[], Any]) -> tuple[Any, float]:
+    """What `work()` returns and the seconds it took."""
     start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
+    result = work()
+    return result, time.perf_counter() - start
 
 
 def main() -> None:
@@ -32,10 +35,10 @@ def main() -> None:
     args = parser.parse_args()
 
     rows: list[tuple[str, float]] = []
-    rows.append(("import TensorFlow and handray", timed(_import_everything)))
+    rows.append(("import TensorFlow and handray", timed(_import_everything)[1]))
 
     from handray.config import load_config
-    from handray.core.exported import ExportedModel
+    from handray.core.exported import ExportedModel, holds_export
     from handray.data.synthetic import generate_dataset
     from handray.inference.predictor import Predictor
     from handray.inference.thresholds import Thresholds
@@ -56,29 +59,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hands = Path(tmp) / "hands"
         generate_dataset(hands, train=8, val=4, size=64, seed=3, workers=1, progress=False)
-        started = time.perf_counter()
-        train_worker(config, hands, WorkerContext(report=lambda *_: None))
-        rows.append(("train_worker: 2 epochs of 3 steps at 64 px", time.perf_counter() - started))
+        _, seconds = timed(lambda: train_worker(config, hands, WorkerContext()))
+        rows.append(("train_worker: 2 epochs of 3 steps at 64 px", seconds))
 
     tiny = load_config("tiny")
     predictor = Predictor(build_model(tiny), Thresholds.from_config(tiny))
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8)
-    rows.append(("first detect (tiny, 1 image)", timed(lambda: predictor.detect([image]))))
-    rows.append(("second detect", timed(lambda: predictor.detect([image]))))
+    rows.append(("first detect (tiny, 1 image)", timed(lambda: predictor.detect([image]))[1]))
+    rows.append(("second detect", timed(lambda: predictor.detect([image]))[1]))
 
-    if (args.model_dir / "saved_model.pb").is_file():
-        loaded: list[ExportedModel] = []
-        load = lambda: loaded.append(ExportedModel(args.model_dir))  # noqa: E731
-        rows.append(("load the export", timed(load)))
+    if holds_export(args.model_dir):
+        exported, seconds = timed(lambda: ExportedModel(args.model_dir))
+        rows.append(("load the export", seconds))
         encoded = io.BytesIO()
         Image.fromarray(image).save(encoded, format="PNG")
         probe = encoded.getvalue()
-        first = [
-            timed(lambda n=n: loaded[0].run([probe] * n, 0.5, 0.5))
-            for n in range(1, args.batch_sizes + 1)
-        ]
-        rows.append((f"export: first batch of each size 1..{args.batch_sizes}, summed", sum(first)))
-        rows.append(("export: a batch of 1 again", timed(lambda: loaded[0].run([probe], 0.5, 0.5))))
+        sizes = range(1, args.batch_sizes + 1)
+        first = sum(timed(lambda n=n: exported.run([probe] * n, 0.5, 0.5))[1] for n in sizes)
+        rows.append((f"export: first batch of each size 1..{args.batch_sizes}, summed", first))
+        again = timed(lambda: exported.run([probe], 0.5, 0.5))[1]
+        rows.append(("export: a batch of 1 again", again))
 
     print("| measure | seconds |\n|---|---|")
     for measure, seconds in rows:

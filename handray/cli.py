@@ -399,6 +399,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         format_metrics,
         write_metrics,
     )
+    from handray.inference.load import ExportPredictor
 
     dataset = load_dataset(args.dataset, args.split)
     predictor, config, weights = _load_predictor(args, batch_size=args.batch_size)
@@ -408,7 +409,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = args.out or weights.parent / f"eval_{weights.stem}_{args.split}"
     count = min(len(dataset), args.limit or len(dataset))
     print(f"weights: {weights}")
-    own = "the export's" if (weights / "saved_model.pb").is_file() else "the checkpoint's"
+    own = "the export's" if isinstance(predictor, ExportPredictor) else "the checkpoint's"
     source = args.preset or args.config or f"{own} config"
     print(f"config:  {source} (preset {config.preset}, {config.model.backbone} backbone)")
     print(f"data:    {dataset.annotation_file}, {count} of {len(dataset)} images")
@@ -479,15 +480,16 @@ def _load_model(args: argparse.Namespace):
 def _load_predictor(args: argparse.Namespace, batch_size: int = 4):
     """A predictor for the model `_add_weights` options name (an export folder runs its own
     graph, like the shipped models/reference), its config and weights path."""
+    from handray.core.exported import holds_export
     from handray.inference.predictor import Predictor
     from handray.inference.thresholds import Thresholds
 
-    export = Path(args.weights).expanduser()
-    if (export / "saved_model.pb").is_file():
+    if holds_export(args.weights):
         from handray.config import load_config
         from handray.inference.export import CONFIG_COPY
         from handray.inference.load import ExportPredictor
 
+        export = Path(args.weights).expanduser()
         if args.preset or args.config or args.overrides:
             raise HandrayError(
                 f"--weights {export} is an export, which runs with its own config "

@@ -33,10 +33,8 @@ def first_export(model_dirs: str | Path | Sequence[str | Path]) -> Path:
     if not model_dirs:
         raise HandrayError("model_dir: an empty list; name at least one export folder")
     for model_dir in model_dirs:
-        try:
+        if holds_export(model_dir):
             return export_path(model_dir)
-        except HandrayError:
-            continue
     tried = ", ".join(str(Path(d).expanduser().resolve()) for d in model_dirs)
     raise HandrayError(
         f"model_dir: none of {tried} holds a SavedModel; create one with `handray export "
@@ -54,10 +52,15 @@ def read_model_card(model_dir: str | Path) -> dict[str, Any]:
     return card if isinstance(card, dict) else {}
 
 
+def holds_export(folder: str | Path) -> bool:
+    """Whether `folder` holds a SavedModel, i.e. is an export rather than a checkpoint."""
+    return (Path(folder).expanduser() / "saved_model.pb").is_file()
+
+
 def export_path(model_dir: str | Path) -> Path:
     """The absolute export folder, refused when it holds no SavedModel."""
     path = Path(model_dir).expanduser().resolve()
-    if not (path / "saved_model.pb").is_file():
+    if not holds_export(path):
         raise HandrayError(
             f"model_dir {path}: no SavedModel there; create one with `handray export "
             "--weights CKPT --out DIR` (`make demo` writes runs/demo/model) and point "

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from handray.core.detections import Detections, image_rows
-from handray.core.exported import ExportedModel, bmp_bytes
+from handray.core.exported import ExportedModel, bmp_bytes, holds_export
 from handray.inference.checkpoints import DEFAULT_STORAGE, load_trained_model
 from handray.inference.predictor import ImagePredictor, Predictor
 from handray.inference.thresholds import Thresholds
@@ -64,8 +64,7 @@ def load(
     run or sweep folder, `last`, `best`, or an `.h5` file with `preset`, a preset name or config
     YAML, saying its architecture). `overrides` are config values (`{"serve.min_score": 0.3}`).
     """
-    path = Path(source).expanduser()
-    if (path / "saved_model.pb").is_file():
-        return ExportPredictor(path, batch_size)
+    if holds_export(source):
+        return ExportPredictor(Path(source).expanduser(), batch_size)
     model, config, _ = load_trained_model(source, preset, overrides, storage)
     return Predictor(model, Thresholds.from_config(config), batch_size)
