@@ -2,9 +2,10 @@
 
 Scaling efficiency = 2-worker images/s / (2 x 1-worker images/s); target >= 0.8. Each row is a
 real `handray.train.trainer.run_training` call on a local Ray cluster; images/s is the second
-epoch's (the first includes tracing and compiling), measured inside the workers.
+epoch's (the first includes tracing and compiling), measured inside the workers. One row per
+preset and `train.precision` (`--precisions float32 mixed_bfloat16` compares them).
 
-    .venv/bin/python benchmarks/train.py [--steps 8] [--presets tiny hand-r50]
+    .venv/bin/python benchmarks/train.py [--steps 8] [--presets tiny hand-r50] [--precisions ...]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import ray
 
-from handray.config import load_config
+from handray.config import PRECISIONS, load_config
 from handray.data.synthetic import generate_dataset
 from handray.train.resources import WorkerResources
 from handray.train.trainer import run_training
@@ -28,7 +29,9 @@ SIZES = {"tiny": 128, "hand-r50": 512}
 IMAGES_PER_WORKER = {"tiny": 4, "hand-r50": 1}
 
 
-def images_per_second(preset: str, data: Path, storage: Path, workers: int, steps: int) -> float:
+def images_per_second(
+    preset: str, precision: str, data: Path, storage: Path, workers: int, steps: int
+) -> float:
     config = load_config(
         preset,
         {
@@ -40,13 +43,14 @@ def images_per_second(preset: str, data: Path, storage: Path, workers: int, step
             "train.stages": {},
             "train.layers": "all",
             "train.train_bn": True,
+            "train.precision": precision,
         },
     )
     run = run_training(
         config,
         data,
         resources=WorkerResources(workers, cpus_per_worker=1),
-        name=f"{preset}-{workers}",
+        name=f"{preset}-{precision}-{workers}",
         storage=storage,
         verbose=False,
     )
@@ -57,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="steps per timed epoch")
     parser.add_argument("--presets", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--precisions", nargs="+", default=["float32"], choices=PRECISIONS)
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     rows = []
@@ -65,18 +70,20 @@ def main() -> None:
             size = SIZES[preset]
             data = Path(tmp) / f"data{size}"
             generate_dataset(data, train=16, val=4, size=size, seed=0, progress=False)
-            one = images_per_second(preset, data, Path(tmp) / "runs", 1, args.steps)
-            two = images_per_second(preset, data, Path(tmp) / "runs", 2, args.steps)
-            rows.append((preset, size, one, two, two / (2 * one)))
+            for precision in args.precisions:
+                runs = Path(tmp) / "runs"
+                one = images_per_second(preset, precision, data, runs, 1, args.steps)
+                two = images_per_second(preset, precision, data, runs, 2, args.steps)
+                rows.append((preset, precision, size, one, two, two / (2 * one)))
     ray.shutdown()
     print(f"\ntraining throughput, Ray Train, 1 CPU thread per worker, {os.cpu_count()} cores")
-    print("| preset   | input | 1 worker img/s | 2 workers img/s | scaling efficiency |")
-    print("|----------|-------|----------------|-----------------|--------------------|")
-    for preset, size, one, two, efficiency in rows:
+    print("| preset | precision | input | 1 worker img/s | 2 workers img/s | scaling efficiency |")
+    print("|---|---|---|---|---|---|")
+    for preset, precision, size, one, two, efficiency in rows:
         verdict = "met" if efficiency >= TARGET else f"below {TARGET}"
         print(
-            f"| {preset:<8} | {size:>5} | {one:>14.2f} | {two:>15.2f} | "
-            f"{efficiency:>6.2f} {verdict:<11} |"
+            f"| {preset} | {precision} | {size} | {one:.2f} | {two:.2f} | "
+            f"{efficiency:.2f} {verdict} |"
         )
 
 

@@ -19,6 +19,7 @@ from handray.config import load_config
 from handray.data.coco import load_dataset
 from handray.data.pipeline import build_dataset
 from handray.model import build_model
+from handray.model.precision import computing_in
 from handray.train.loop import make_optimizer
 from handray.train.step import make_train_step
 
@@ -28,13 +29,16 @@ VARIANTS = (
     ("one anchor size per level", {"model.rpn_anchor_octaves": [1.0]}),
     ("group norm", {"model.norm": "group"}),
     ("SGD", {"train.optimizer": "sgd"}),
+    # The preset's "auto" is bfloat16 on CPUs with bfloat16 instructions, float32 elsewhere.
+    ("float32 compute (train.precision=float32)", {"train.precision": "float32"}),
 )
 
 
 def step_seconds(dataset, overrides: dict, steps: int) -> tuple[float, int]:
     """Mean seconds per step after three warm-up steps (tracing), and the batch size."""
     config = load_config("tiny", {"data.augment": False, **overrides})
-    model = build_model(config)
+    with computing_in(config.train.precision):
+        model = build_model(config)
     step = make_train_step(model, make_optimizer(config.train), config)
     batches = iter(build_dataset(dataset, config, training=True))
     cached = [next(batches) for _ in range(8)]

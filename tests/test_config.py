@@ -14,6 +14,7 @@ from handray.config import (
     load_config,
     parse_overrides,
     save_config,
+    with_overrides,
 )
 from handray.core.errors import ConfigError
 
@@ -102,6 +103,9 @@ def test_yaml_file_may_start_from_a_preset_and_change_a_few_keys(tmp_path):
         ({"model.roi_positive_jitter": -1}, "model.roi_positive_jitter: must be >= 0"),
         ({"model.norm": "layer"}, "model.norm: 'layer' is not one of"),
         ({"train.optimizer": "lamb"}, "train.optimizer: 'lamb' is not one of"),
+        ({"train.precision": "bf16"}, "train.precision: 'bf16' is not one of"),
+        ({"serve.precision": "float64"}, "serve.precision: 'float64' is not one of"),
+        ({"train.mixed_precision": "yes"}, "train.mixed_precision: expected true or false"),
     ],
 )
 def test_bad_values_are_named_with_what_to_do(overrides, message):
@@ -140,6 +144,24 @@ def test_old_files_with_retired_serve_address_load_with_one_warning(tmp_path, ca
     assert "serve_config.yaml's http_options" in warning.message
     with pytest.raises(ConfigError, match="unknown key 'serve.hostname'"):
         load_config("tiny", {"serve.hostname": "0.0.0.0"})
+
+
+def test_the_old_mixed_precision_key_keeps_its_meaning(tmp_path):
+    """Files from before `train.precision` said float16 or float32 with a bool."""
+    path = tmp_path / "handray.yaml"
+    cases = [("hand-r50", True, "mixed_float16"), ("hand-r50", False, "float32")]
+    cases += [("tiny", True, "mixed_float16"), ("tiny", False, "auto")]  # tiny's own default
+    for preset, old, meant in cases:
+        path.write_text(f"preset: {preset}\ntrain: {{mixed_precision: {str(old).lower()}}}\n")
+        config = load_config(path)
+        assert config.train.precision == meant, (preset, old)
+        assert "mixed_precision" not in dump_config(config)  # written back under its new name
+    # As an override of a full tree (a checkpoint's config, a trial's), the old key wins.
+    tree = load_config("tiny", {"train.precision": "mixed_bfloat16"})
+    assert with_overrides(tree, {"train.mixed_precision": True}).train.precision == "mixed_float16"
+    halved = load_config("tiny", {"train.precision": "mixed_float16"})
+    assert with_overrides(halved, {"train.mixed_precision": False}).train.precision == "float32"
+    assert with_overrides(tree, {"train.mixed_precision": False}) == tree  # not float16 already
 
 
 def test_stage_names_are_the_layer_selections():

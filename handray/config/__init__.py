@@ -14,7 +14,13 @@ from handray.config.loading import (
     updated_serve_config,
     with_overrides,
 )
-from handray.config.names import LAYER_SELECTIONS, LAYER_STAGES, LOSS_NAMES, MASK_THRESHOLD
+from handray.config.names import (
+    LAYER_SELECTIONS,
+    LAYER_STAGES,
+    LOSS_NAMES,
+    MASK_THRESHOLD,
+    PRECISIONS,
+)
 from handray.config.presets import ANCHOR_SETS, PRESETS
 from handray.config.schema import (
     AppearanceConfig,
@@ -32,6 +38,7 @@ __all__ = [
     "LAYER_STAGES",
     "LOSS_NAMES",
     "MASK_THRESHOLD",
+    "PRECISIONS",
     "PRESETS",
     "AppearanceConfig",
     "Config",

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from handray.config.messages import config_error
 from handray.config.presets import PRESETS
-from handray.config.retired import drop_retired_keys
+from handray.config.retired import upgrade_old_keys
 from handray.config.schema import Config, ServeConfig
 from handray.core.atomic import atomic_write
 from handray.core.errors import ConfigError
@@ -93,7 +93,7 @@ def save_config(config: Config, path: str | Path) -> None:
 
 def _validated(model: type[Model], tree: dict[str, Any], section: str = "") -> Model:
     """`tree` (the caller's to change) checked as `model`, which sits at `section` of the tree."""
-    drop_retired_keys({section: tree} if section else tree)  # retired keys are dotted from the top
+    upgrade_old_keys({section: tree} if section else tree)  # old keys are dotted from the top
     try:
         return model.model_validate(tree)
     except ValidationError as err:

@@ -1,4 +1,5 @@
-"""Names the config and the model must agree on, defined once: training stages and losses."""
+"""Names the config and the model must agree on, defined once: training stages, losses and
+precisions."""
 
 # The old tool's stage selections, as regular expressions over layer names. `train.layers` and
 # the keys of `train.stages` name one of these or give a regular expression of their own.
@@ -22,3 +23,5 @@ LOSS_NAMES = (
 # A pasted mask pixel belongs to the hand at this probability: `serve.mask_threshold`'s default,
 # which `handray.inference.thresholds` reads for every path.
 MASK_THRESHOLD = 0.5
+# What a model may compute in (handray/model/precision.py): `train.precision`, `serve.precision`.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")

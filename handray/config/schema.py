@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from handray.config.names import LAYER_STAGES, LOSS_NAMES, MASK_THRESHOLD
+from handray.config.names import LAYER_STAGES, LOSS_NAMES, MASK_THRESHOLD, PRECISIONS
 from handray.config.presets import ANCHOR_SETS
 from handray.core.errors import ConfigError
 
@@ -354,7 +354,11 @@ class TrainConfig(Section):
     # 0: off.
     ema_decay: float = 0.0
     loss_weights: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(LOSS_NAMES, 1.0))
-    mixed_precision: bool = False  # float16 compute with loss scaling; for GPUs
+    # What the model computes in while training (handray/model/precision.py): "float32",
+    # "mixed_bfloat16" (CPUs with bfloat16 instructions), "mixed_float16" (GPUs; loss-scaled),
+    # or "auto" (bfloat16 where the CPU has it, else float32). Weights stay float32.
+    # (The old `train.mixed_precision: true/false` is read as mixed_float16/float32: retired.py.)
+    precision: Literal[PRECISIONS] = "float32"
     eval_every: int = 5  # validation mask AP every this many epochs (and at the end); 0: never
     eval_images: int = 50  # the fixed validation subset (its first images) that AP is measured on
     keep_checkpoints: int = 3  # checkpoints kept per run (the newest is always among them)
@@ -428,6 +432,8 @@ class ServeConfig(Section):
     mask_threshold: float = MASK_THRESHOLD
     max_request_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    # What an export (and evaluate/predict from a checkpoint) computes in; as train.precision.
+    precision: Literal[PRECISIONS] = "float32"
 
     @model_validator(mode="after")
     def check_values(self) -> Self:

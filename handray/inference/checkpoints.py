@@ -215,10 +215,12 @@ def load_trained_model(
     A checkpoint brings its own config; `config_source` (preset or YAML) replaces it, and is
     required for a bare `.h5` file such as the old model's weights. An optional ROI head whose
     layers the file lacks entirely (a file from before the keypoint head) is left out of the
-    model, with a warning, rather than predict with untrained layers.
+    model, with a warning, rather than predict with untrained layers. The model computes in
+    `serve.precision`, as its export would.
     """
     from handray.model import build_model
     from handray.model.heads import ROI_HEADS
+    from handray.model.precision import computing_in
     from handray.model.weights import layer_names_in, load_weights
 
     path = resolve_checkpoint(spec, storage)
@@ -246,7 +248,8 @@ def load_trained_model(
                 ", ".join(f"{key}={value}" for key, value in head.optional.items()),
             )
             config = with_overrides(config, head.optional)
-    model = build_model(config, jit_compile=jit_compile)
+    with computing_in(config.serve.precision):
+        model = build_model(config, jit_compile=jit_compile)
     report = load_weights(model, weights)
     unusable = report.missing + report.skipped
     if unusable:

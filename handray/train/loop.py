@@ -38,6 +38,7 @@ from handray.inference.checkpoints import (
 )
 from handray.model import build_model
 from handray.model.maskrcnn import MaskRCNN
+from handray.model.precision import computing_in
 from handray.model.weights import (
     LoadReport,
     coco_weights_path,
@@ -145,7 +146,7 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
         optimizer = keras.optimizers.Adam(schedule, name="adam")
     else:
         optimizer = keras.optimizers.SGD(schedule, momentum=train.momentum, name="sgd")
-    if train.mixed_precision:
+    if train.precision == "mixed_float16":  # "auto" never picks float16
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name="loss_scale")
     return optimizer
 
@@ -203,10 +204,7 @@ def train_worker(
         return state
     train_set = load_dataset(dataset_dir, "train")
     val_set = load_dataset(dataset_dir, "val")
-    previous_policy = keras.config.dtype_policy()
-    if config.train.mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
-    try:
+    with computing_in(config.train.precision) as precision:
         # Same config, same start: sweep trials then differ only by the values they sampled.
         keras.utils.set_random_seed(config.data.seed)
         with strategy.scope():
@@ -227,9 +225,9 @@ def train_worker(
                 # Training goes on from the raw weights, which a checkpoint under averaging keeps.
                 restore_raw_weights(trained, resume_from)
                 context.log(f"resumed from {resume_from} after epoch {state.epoch}")
+        if precision != "float32":
+            context.log(f"computing in {precision} (train.precision={config.train.precision})")
         _Epochs(config, model, optimizer, averages, train_set, val_set, context, state).run()
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
     return state
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,11 @@ def run_training(
     resume = latest_checkpoint(run_dir)
     if resume is not None:
         _check_same_model(config, resume)
-        say(f"resuming run {name} from {resume} (epoch {read_state(resume).epoch})")
+        if (state := read_state(resume)).epoch >= config.train.epochs:
+            # Nothing to train: no cluster, no workers, nothing waits for resources.
+            say(f"run {name} already has {state.epoch} of {config.train.epochs} epochs")
+            return _finished(run_dir, resume, say)
+        say(f"resuming run {name} from {resume} (epoch {state.epoch})")
     start_driver(
         config,
         weights,
@@ -133,17 +138,22 @@ def run_training(
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise HandrayError(f"training run {name} finished without a checkpoint in {run_dir}")
+    if result.best_checkpoints:
+        best = min(result.best_checkpoints, key=lambda pair: pair[1].get("val_loss", 1e30))
+        say(f"lowest validation loss: {best[0].path}")
+    return _finished(run_dir, checkpoint, say)
+
+
+def _finished(run_dir: Path, checkpoint: Path, say: Callable[[str], None]) -> TrainingRun:
+    """The run as its newest checkpoint leaves it, with its loss curves drawn again."""
     state = read_state(checkpoint)
     curves = None
     if state.history:
         from handray.core.plot import plot_history
 
         curves = plot_history(state.history, run_dir / "loss_curves.png", LOSS_PANELS)
-    say(f"finished {state.epoch} epochs ({state.step} steps) of run {name}")
+    say(f"finished {state.epoch} epochs ({state.step} steps) of run {run_dir.name}")
     say(f"checkpoint: {checkpoint}")
-    if result.best_checkpoints:
-        best = min(result.best_checkpoints, key=lambda pair: pair[1].get("val_loss", 1e30))
-        say(f"lowest validation loss: {best[0].path}")
     say(f"loss curves: {curves}\nTensorBoard: tensorboard --logdir {run_dir / TENSORBOARD_DIR}")
     return TrainingRun(run_dir, checkpoint, state, curves)
 

@@ -235,13 +235,22 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(hands, tmp_path):
     assert latest_checkpoint(tmp_path / "run") == copying
 
 
-@pytest.mark.slow  # a training run
-def test_mixed_precision_trains_with_finite_losses(hands, tmp_path):
-    config = small_config(**{"train.mixed_precision": True, "train.epochs": 1})
-    collector = Collector(tmp_path)
-    train_worker(config, hands, WorkerContext(report=collector))
+@pytest.mark.slow  # training runs
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_finite_losses_and_float32_checkpoints(
+    hands, tmp_path, precision
+):
+    config = small_config(**{"train.precision": precision, "train.epochs": 1})
+    collector, said = Collector(tmp_path), []
+    train_worker(config, hands, WorkerContext(report=collector, log=said.append))
     assert np.isfinite(collector.metrics[0]["loss"])
+    assert f"computing in {precision} (train.precision={precision})" in said
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    with np.load(collector.checkpoints[0] / OPTIMIZER_FILE) as saved:
+        assert {saved[k].dtype.name for k in saved.files} <= {"float32", "int64"}
+    float32_model = build_model(small_config(), jit_compile=False)
+    report = load_weights(float32_model, collector.checkpoints[0] / WEIGHTS_FILE)
+    assert not report.missing and not report.skipped  # a float32 model reads its weights
 
 
 @pytest.mark.slow  # training runs

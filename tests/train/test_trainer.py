@@ -201,7 +201,7 @@ def test_a_run_whose_workers_cannot_be_placed_fails_naming_what_holds_them(
     assert still_held() is None  # the failed start gave its placement group back
 
 
-def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):
+def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands, capsys):
     run, _ = crashed_run
     more = run_training(
         small_config(epochs=6, steps=4),
@@ -213,7 +213,9 @@ def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):
     assert more.state.epoch == 6 and more.state.step == 24
     assert [int(m["epoch"]) for m in more.state.history] == [1, 2, 3, 4, 5, 6]
     assert more.state.sessions == 3 and read_state(more.checkpoint).epoch == 6
-    # `last` finds this run again and has nothing left to do at 6 epochs.
+    # `last` finds this run again and has nothing left to do at 6 epochs: no worker starts
+    # (a worker session would count itself in `sessions`).
+    capsys.readouterr()
     same = run_training(
         small_config(epochs=6, steps=4),
         hands,
@@ -221,7 +223,9 @@ def test_a_finished_run_continues_from_its_last_epoch(crashed_run, hands):
         weights="last",
         storage=run.run_dir.parent,
     )
-    assert same.run_dir == run.run_dir and same.state.epoch == 6
+    assert same.run_dir == run.run_dir and same.state.epoch == 6 and same.state.sessions == 3
+    assert same.checkpoint == more.checkpoint and same.curves.is_file()
+    assert f"run {run.run_dir.name} already has 6 of 6 epochs" in capsys.readouterr().out
 
 
 def test_bad_requests_fail_before_any_worker_starts(hands, tmp_path):
