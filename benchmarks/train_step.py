@@ -29,8 +29,7 @@ VARIANTS = (
     ("one anchor size per level", {"model.rpn_anchor_octaves": [1.0]}),
     ("group norm", {"model.norm": "group"}),
     ("SGD", {"train.optimizer": "sgd"}),
-    # The preset's "auto" is bfloat16 on CPUs with bfloat16 instructions, float32 elsewhere.
-    ("float32 compute (train.precision=float32)", {"train.precision": "float32"}),
+    ("bfloat16 compute (train.precision=mixed_bfloat16)", {"train.precision": "mixed_bfloat16"}),
 )
 
 

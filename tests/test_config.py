@@ -150,7 +150,7 @@ def test_the_old_mixed_precision_key_keeps_its_meaning(tmp_path):
     """Files from before `train.precision` said float16 or float32 with a bool."""
     path = tmp_path / "handray.yaml"
     cases = [("hand-r50", True, "mixed_float16"), ("hand-r50", False, "float32")]
-    cases += [("tiny", True, "mixed_float16"), ("tiny", False, "auto")]  # tiny's own default
+    cases += [("tiny", True, "mixed_float16"), ("tiny", False, "float32")]
     for preset, old, meant in cases:
         path.write_text(f"preset: {preset}\ntrain: {{mixed_precision: {str(old).lower()}}}\n")
         config = load_config(path)

@@ -76,9 +76,6 @@ PRESETS: dict[str, dict[str, Any]] = {
             "warmup_steps": 200,
             "eval_every": 2,
             "eval_images": 32,
-            # bfloat16 on CPUs that have it: 1.2-1.3x the images/s at the same AP
-            # (benchmarks/README.md, "Precision"); float32 elsewhere.
-            "precision": "auto",
         },
         "tune": {"learning_rate": [0.0005, 0.004]},
     },
