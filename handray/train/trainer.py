@@ -109,7 +109,7 @@ def run_training(
         if (state := read_state(resume)).epoch >= config.train.epochs:
             # Nothing to train: no cluster, no workers, nothing waits for resources.
             say(f"run {name} already has {state.epoch} of {config.train.epochs} epochs")
-            return _finished(run_dir, resume, say)
+            return _finished(run_dir, resume, state, say)
         say(f"resuming run {name} from {resume} (epoch {state.epoch})")
     start_driver(
         config,
@@ -141,12 +141,14 @@ def run_training(
     if result.best_checkpoints:
         best = min(result.best_checkpoints, key=lambda pair: pair[1].get("val_loss", 1e30))
         say(f"lowest validation loss: {best[0].path}")
-    return _finished(run_dir, checkpoint, say)
+    return _finished(run_dir, checkpoint, read_state(checkpoint), say)
 
 
-def _finished(run_dir: Path, checkpoint: Path, say: Callable[[str], None]) -> TrainingRun:
-    """The run as its newest checkpoint leaves it, with its loss curves drawn again."""
-    state = read_state(checkpoint)
+def _finished(
+    run_dir: Path, checkpoint: Path, state: TrainingState, say: Callable[[str], None]
+) -> TrainingRun:
+    """The run as its newest checkpoint (whose `state` is given) leaves it, with its loss
+    curves drawn again."""
     curves = None
     if state.history:
         from handray.core.plot import plot_history
