@@ -12,12 +12,13 @@ demo model and prints its tables.
 
 Targets: zero 5xx and zero connection errors for good requests, every bad input a 4xx JSON
 error, replica RSS growth under 10 % from minute 2 to the end. With `--kill model|ingress`:
-one replica of that deployment is killed with SIGKILL after `--kill-after` seconds; then no
-request may wait past the proxy's timeout, a failed request must be a JSON 503 with
-Retry-After, under 1 % of the requests may fail, `/healthz` stays up, and a new replica serves
-within 60 s.
+one replica of that deployment is killed with SIGKILL after `--kill-after` seconds (given
+twice, e.g. `--kill model --kill ingress`, the second once the first one's replacement
+serves); then no request may wait past the proxy's timeout, a failed request must be a JSON
+503 with Retry-After, under 1 % of the requests may fail, `/healthz` stays up, and a new
+replica serves within 60 s of each kill.
 
-    .venv/bin/python benchmarks/soak.py [--minutes 10] [--clients 200] [--kill model|ingress]
+    .venv/bin/python benchmarks/soak.py [--minutes 10] [--clients 200] [--kill model|ingress]...
         [--model-dir runs/demo/model]
 """
 
@@ -73,7 +74,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--kill", choices=DEPLOYMENTS_BY_FLAG, help="kill one replica under load")
+    parser.add_argument(
+        "--kill",
+        choices=DEPLOYMENTS_BY_FLAG,
+        action="append",
+        default=[],
+        help="kill one replica of this deployment under load (again: one after the other)",
+    )
     parser.add_argument("--kill-after", type=float, default=120.0, help="seconds into the soak")
     parser.add_argument("--model-dir", type=Path, default=ROOT / "runs" / "demo" / "model")
     args = parser.parse_args()
@@ -92,12 +99,12 @@ def main() -> None:
                 picture=render_sample(0, "train", 1, PICTURE_SIZE)[0],
                 seconds=args.minutes * 60,
                 clients=args.clients,
-                kill=DEPLOYMENTS_BY_FLAG.get(args.kill),
+                kills=[DEPLOYMENTS_BY_FLAG[flag] for flag in args.kill],
                 kill_after_s=args.kill_after,
             )
     finally:
         ray.shutdown()
-    kill = f", {args.kill} replica killed at {report.killed_at:.0f} s" if report.killed else ""
+    kill = "".join(f", a {k.deployment} replica killed at {k.at:.0f} s" for k in report.kills)
     print(
         f"\nSoak: {args.clients} closed-loop clients, {args.minutes:g} min, 2 Ingress + 2 "
         f"HandModel replicas, {os.cpu_count()} CPU cores{kill}"

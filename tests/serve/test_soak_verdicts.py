@@ -3,7 +3,7 @@ that, with a replica killed, one in flight on it may get the retryable JSON 503 
 gets then."""
 
 from handray.serve.loadgen import Outcome, Probe
-from handray.serve.soak import SoakReport
+from handray.serve.soak import Kill, SoakReport
 
 BAD = Probe("not an image", b"nope", bad=True)
 
@@ -19,7 +19,7 @@ def test_bad_inputs_must_be_refused_with_a_json_4xx():
 
 
 def test_with_a_replica_killed_a_retryable_503_is_what_a_bad_input_in_flight_gets():
-    killed = SoakReport(60.0, 30.0, killed="Ingress")
+    killed = SoakReport(60.0, 30.0, kills=[Kill("Ingress", at=10.0)])
     killed.outcomes = [
         outcome(400),
         outcome(503, retry_after=True),

@@ -151,12 +151,39 @@ def test_stages_follow_the_old_recipe():
     assert stage_at(load_config("tiny").train, 5) == "all"
 
 
+STAGED_EMA = {"train.ema_decay": 0.9, "train.stages": {"heads": 1, "all": 2}}
+
+
+class StagedRun:
+    """Two epochs (heads, then all layers) with weight averaging, then resumed for a third:
+    the runs of `train_worker` two tests read, each for its own part. `runs` holds each
+    run's raw weights and averages at its start and end (`spy_on_runs`)."""
+
+    def __init__(self, hands, root, runs):
+        keras.utils.set_random_seed(0)
+        self.config = small_config(**STAGED_EMA)
+        self.first = Collector(root / "first")
+        self.first_state = train_worker(self.config, hands, WorkerContext(report=self.first))
+        self.longer = small_config(**STAGED_EMA, **{"train.epochs": 3})
+        self.second = Collector(root / "second")
+        self.second_state = train_worker(
+            self.longer,
+            hands,
+            WorkerContext(report=self.second),
+            resume_from=self.first.checkpoints[-1],
+        )
+        self.runs = list(runs)
+
+
+@pytest.fixture(scope="module")
+def staged_run(hands, tmp_path_factory) -> StagedRun:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return StagedRun(hands, tmp_path_factory.mktemp("staged"), spy_on_runs(monkeypatch))
+
+
 @pytest.mark.slow  # a training run
-def test_loop_trains_checkpoints_and_resumes_exactly(hands, tmp_path):
-    keras.utils.set_random_seed(0)
-    config = small_config(**{"train.stages": {"heads": 1, "all": 2}})
-    first = Collector(tmp_path / "first")
-    state = train_worker(config, hands, WorkerContext(report=first))
+def test_loop_trains_checkpoints_and_resumes_exactly(staged_run, hands):
+    first, state = staged_run.first, staged_run.first_state
     assert (state.epoch, state.step, state.sessions) == (2, 6, 1)
     assert [m["epoch"] for m in first.metrics] == [1, 2]
     assert first.metrics[-1]["loss"] < first.metrics[0]["loss"]
@@ -173,18 +200,18 @@ def test_loop_trains_checkpoints_and_resumes_exactly(hands, tmp_path):
     assert not np.any(momentum[conv1[0]]) and np.any(momentum[heads[0]])
 
     # Resuming with one more epoch continues the step counter and keeps the history.
-    longer = small_config(**{"train.stages": {"heads": 1, "all": 2}, "train.epochs": 3})
-    second = Collector(tmp_path / "second")
-    state = train_worker(
-        longer, hands, WorkerContext(report=second), resume_from=first.checkpoints[-1]
-    )
+    second, state = staged_run.second, staged_run.second_state
     assert (state.epoch, state.step, state.sessions) == (3, 9, 2)
     assert [m["epoch"] for m in state.history] == [1, 2, 3]
     assert [m["epoch"] for m in second.metrics] == [3]
+    assert np.isfinite(second.metrics[0]["val_loss"])
 
     # Nothing to do when the run already has its epochs.
     again = train_worker(
-        longer, hands, WorkerContext(report=second), resume_from=second.checkpoints[-1]
+        staged_run.longer,
+        hands,
+        WorkerContext(report=second),
+        resume_from=second.checkpoints[-1],
     )
     assert again.epoch == 3 and len(second.metrics) == 1
 
@@ -235,42 +262,55 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(hands, tmp_path):
     assert latest_checkpoint(tmp_path / "run") == copying
 
 
-@pytest.mark.slow  # training runs
-@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains_with_finite_losses_and_float32_checkpoints(
-    hands, tmp_path, precision
-):
-    config = small_config(**{"train.precision": precision, "train.epochs": 1})
-    collector, said = Collector(tmp_path), []
+# Each mixed precision trains once, with the from-scratch recipe's group norm and one of
+# Adam or AdamW: two runs cover the four settings, and two tests read each run.
+SHORT_RUNS = [("mixed_float16", "adam"), ("mixed_bfloat16", "adamw")]
+
+
+@pytest.fixture(scope="module", params=SHORT_RUNS, ids=["-".join(run) for run in SHORT_RUNS])
+def short_run(request, hands, tmp_path_factory):
+    """One epoch of `train_worker` under (precision, optimizer) with group norm: its config,
+    its `Collector` and its log lines."""
+    precision, optimizer = request.param
+    config = small_config(
+        **{
+            "train.precision": precision,
+            "train.optimizer": optimizer,
+            "model.norm": "group",
+            "train.epochs": 1,
+        }
+    )
+    collector, said = Collector(tmp_path_factory.mktemp("short")), []
     train_worker(config, hands, WorkerContext(report=collector, log=said.append))
+    return config, collector, said
+
+
+@pytest.mark.slow  # a training run
+def test_mixed_precision_trains_with_finite_losses_and_float32_checkpoints(short_run):
+    config, collector, said = short_run
+    precision = config.train.precision
     assert np.isfinite(collector.metrics[0]["loss"])
     assert f"computing in {precision} (train.precision={precision})" in said
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     with np.load(collector.checkpoints[0] / OPTIMIZER_FILE) as saved:
         assert {saved[k].dtype.name for k in saved.files} <= {"float32", "int64"}
-    float32_model = build_model(small_config(), jit_compile=False)
+    float32_model = build_model(config, jit_compile=False)  # built under the global policy
+    assert float32_model.get_layer("conv1").compute_dtype == "float32"
     report = load_weights(float32_model, collector.checkpoints[0] / WEIGHTS_FILE)
     assert not report.missing and not report.skipped  # a float32 model reads its weights
 
 
-@pytest.mark.slow  # training runs
-@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
-def test_group_norm_with_adam_trains_and_checkpoints_its_optimizer(hands, tmp_path, optimizer):
+@pytest.mark.slow  # a training run
+def test_group_norm_with_adam_trains_and_checkpoints_its_optimizer(short_run):
     """The from-scratch recipe: group norm (no moving statistics to average across workers)
     with Adam or AdamW (whose decay replaces the loss's weight-decay term)."""
-    config = small_config(
-        **{"model.norm": "group", "train.optimizer": optimizer, "train.epochs": 1}
-    )
-    collector = Collector(tmp_path)
-    train_worker(config, hands, WorkerContext(report=collector))
+    config, collector, _ = short_run
     metrics = collector.metrics[0]
     assert np.isfinite(metrics["loss"])
-    assert ("weight_decay_loss" in metrics) == (optimizer == "adam")
+    assert ("weight_decay_loss" in metrics) == (config.train.optimizer == "adam")
     assert 0.0 <= metrics["val_proposal_recall_50"] <= 1.0
 
-    from handray.model import build_model
     from handray.train.checkpoint import restore_optimizer
-    from handray.train.loop import make_optimizer
 
     model = build_model(config)
     assert not [v for v in model.weights if v.name in ("moving_mean", "moving_variance")]
@@ -315,16 +355,10 @@ def checkpoint_weights(config, checkpoint) -> tuple[dict, dict]:
     return {v.path: v.numpy() for v in model.weights}, raw
 
 
-@pytest.mark.slow  # training runs
-def test_averaged_weights_are_checkpointed_and_a_resume_trains_on_the_raw_ones(
-    hands, tmp_path, monkeypatch
-):
-    runs = spy_on_runs(monkeypatch)
-    ema = {"train.ema_decay": 0.9, "train.stages": {"heads": 1, "all": 2}}
-    config = small_config(**ema)
-    first = Collector(tmp_path / "first")
-    train_worker(config, hands, WorkerContext(report=first))
-    start, end = runs[0]
+@pytest.mark.slow  # a training run
+def test_averaged_weights_are_checkpointed_and_a_resume_trains_on_the_raw_ones(staged_run):
+    config, first = staged_run.config, staged_run.first
+    start, end = staged_run.runs[0]
     in_file, raw = checkpoint_weights(config, first.checkpoints[-1])
     assert raw.keys() == end["raw"].keys()
     for path, average in end["average"].items():
@@ -339,15 +373,7 @@ def test_averaged_weights_are_checkpointed_and_a_resume_trains_on_the_raw_ones(
     np.testing.assert_array_equal(raw[conv1], start["raw"][conv1])
 
     # The resumed run starts from the raw weights, with the averages in its shadows.
-    second = Collector(tmp_path / "second")
-    state = train_worker(
-        small_config(**ema, **{"train.epochs": 3}),
-        hands,
-        WorkerContext(report=second),
-        resume_from=first.checkpoints[-1],
-    )
-    resumed, _ = runs[1]
+    resumed, _ = staged_run.runs[1]
     for path in end["raw"]:
         np.testing.assert_array_equal(resumed["raw"][path], end["raw"][path], err_msg=path)
         np.testing.assert_array_equal(resumed["average"][path], end["average"][path], err_msg=path)
-    assert (state.epoch, state.step) == (3, 9) and np.isfinite(second.metrics[0]["val_loss"])
