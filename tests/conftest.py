@@ -22,6 +22,10 @@ CATEGORIES = [{"id": 1, "name": "left_hand"}, {"id": 2, "name": "right_hand"}]
 # tier's longest test (the autoscaling cycle) takes about 4 minutes here.
 TIMEOUT_S = {"fast": 120, "slow": 600}
 
+# How often the test cluster's processes export their metrics to its Prometheus endpoint
+# (Ray's default is every 10 s): a metrics test waits for a few of these.
+METRICS_EXPORT_S = 2
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test gets its tier's time limit unless it sets its own `timeout` mark."""
@@ -153,14 +157,21 @@ def ray_cluster():
     """A real local Ray cluster of our own for the whole session (never one left running on
     the machine): 4 logical CPUs on this 2-core machine, so a driver-side actor and two
     one-CPU training workers fit; the dashboard on for Ray's state API; and Serve's proxy with
-    handray's JSON-error middleware, as README starts it."""
+    handray's JSON-error middleware, as README starts it; metrics exported every
+    `METRICS_EXPORT_S`."""
     import ray
 
     from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
 
     ray.shutdown()
     os.environ[CALLBACK_VARIABLE] = CALLBACK  # read by the proxy process the cluster starts
-    context = ray.init(num_cpus=4, include_dashboard=True, address="local", log_to_driver=True)
+    context = ray.init(
+        num_cpus=4,
+        include_dashboard=True,
+        address="local",
+        log_to_driver=True,
+        _system_config={"metrics_report_interval_ms": METRICS_EXPORT_S * 1000},
+    )
     ray.test_dashboard_url = f"http://{context.dashboard_url}"  # for `serve deploy --address`
     yield ray
     ray.shutdown()

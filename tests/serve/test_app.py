@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from handray.core.detections import Detections
 from handray.serve.app import build_app
 from handray.serve.launcher import wait_for_model
-from tests.conftest import TINY_EXPORT_ABOUT
+from tests.conftest import METRICS_EXPORT_S, TINY_EXPORT_ABOUT
 from tests.serve.conftest import BATCHING
 
 pytestmark = pytest.mark.slow  # a Ray cluster and a Serve server
@@ -202,6 +202,7 @@ def test_health_check_fails_when_the_model_cannot_run(tiny_export):
     from handray.serve.app import HandModel
 
     replica = HandModel.func_or_class(str(tiny_export))  # the class itself, in this process
+    replica.reconfigure({"max_batch_size": 2})  # warm one more batch size, not seven
     replica.check_health()
     replica._last_success = float("-inf")  # idle long enough that the check runs the model
     replica.check_health()
@@ -244,12 +245,12 @@ def test_handray_metrics_reach_rays_metrics_endpoint(url, photo_files):
         return {key: scrape(port, name, **labels) for key, (name, labels) in series.items()}
 
     # Earlier tests' requests may not be exported yet: start from a reading that has stayed
-    # the same for two of Ray's export intervals (10 s each; Ray itself allows an export to be
+    # the same for two of the cluster's export intervals (Ray itself allows an export to be
     # one interval late), so a late one cannot land inside the measurement.
     before = reading()
     settled = time.monotonic()
-    while time.monotonic() - settled < 22:
-        time.sleep(2)
+    while time.monotonic() - settled < 2 * METRICS_EXPORT_S + 2:
+        time.sleep(1)
         if (now := reading()) != before:
             before, settled = now, time.monotonic()
     hands = []
@@ -272,7 +273,7 @@ def test_handray_metrics_reach_rays_metrics_endpoint(url, photo_files):
         ):
             break
         assert time.monotonic() < deadline, (before, after)
-        time.sleep(2)
+        time.sleep(1)
     change = {key: after[key] - before[key] for key in series}
     assert change["answered"] == 3 and change["all buckets"] == 3 and change["refused"] == 2
     for edge in COUNT_EDGES:  # cumulative buckets: answers with at most `edge` hands
