@@ -25,6 +25,9 @@ TIMEOUT_S = {"fast": 120, "slow": 600}
 # How often the test cluster's processes export their metrics to its Prometheus endpoint
 # (Ray's default is every 10 s): a metrics test waits for a few of these.
 METRICS_EXPORT_S = 2
+# How often Serve's replicas and handles tell its autoscaler their ongoing requests (Serve's
+# default is every 10 s): an autoscaling test's look-back spans a few of these.
+SERVE_METRICS_PUSH_S = 2
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -158,13 +161,16 @@ def ray_cluster():
     the machine): 4 logical CPUs on this 2-core machine, so a driver-side actor and two
     one-CPU training workers fit; the dashboard on for Ray's state API; and Serve's proxy with
     handray's JSON-error middleware, as README starts it; metrics exported every
-    `METRICS_EXPORT_S`."""
+    `METRICS_EXPORT_S` and Serve's autoscaling metrics pushed every `SERVE_METRICS_PUSH_S`."""
     import ray
 
     from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
 
     ray.shutdown()
     os.environ[CALLBACK_VARIABLE] = CALLBACK  # read by the proxy process the cluster starts
+    for pusher in ("REPLICA", "HANDLE"):  # read by Serve's replicas and proxies
+        variable = f"RAY_SERVE_{pusher}_AUTOSCALING_METRIC_PUSH_INTERVAL_S"
+        os.environ[variable] = str(SERVE_METRICS_PUSH_S)
     context = ray.init(
         num_cpus=4,
         include_dashboard=True,

@@ -15,6 +15,7 @@ from handray.serve.launcher import ServeProcess, deployments, free_port, shipped
 from handray.serve.loadgen import Probe
 from handray.serve.ramp import Phase, Sample, run_ramp
 from handray.serve.replicas import replicas
+from tests.conftest import SERVE_METRICS_PUSH_S
 from tests.serve.conftest import BATCHING
 
 pytestmark = pytest.mark.slow  # a Serve app scaled up and down
@@ -49,13 +50,16 @@ def quick_autoscaling(config: dict) -> dict:
                 target_ongoing_requests=TARGET,
                 upscale_delay_s=2,
                 downscale_delay_s=5,
-                look_back_period_s=12,  # above Serve's 10 s metrics interval
+                look_back_period_s=3 * SERVE_METRICS_PUSH_S,  # a few of the cluster's pushes
             )
         else:  # one Ingress replica, so only the model deployment's count changes
             deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
     return config
 
 
+# Serve 2.60 checks the look-back against the deprecated `metrics_interval_s` (10 s by
+# default), not against the push interval its replacement variables set (tests/conftest.py).
+@pytest.mark.filterwarnings("ignore:`look_back_period_s`:FutureWarning")
 def test_the_model_deployment_scales_up_under_load_and_back_down_after(
     ray_cluster, tiny_export, tmp_path
 ):

@@ -42,7 +42,7 @@ def small_config(export: Path, port: int, route_prefix: str = "/") -> dict:
     for name, deployment in deployments(config).items():
         deployment["ray_actor_options"]["num_cpus"] = {"Ingress": 0.25, "HandModel": 1}[name]
         deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
-    deployments(config)["HandModel"]["user_config"]["max_batch_size"] = 4  # a shorter warm-up
+    deployments(config)["HandModel"]["user_config"]["max_batch_size"] = 2  # a short warm-up
     return config
 
 
