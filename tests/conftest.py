@@ -31,11 +31,16 @@ SERVE_METRICS_PUSH_S = 2
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test gets its tier's time limit unless it sets its own `timeout` mark."""
+    """Each test gets its tier's time limit unless it sets its own `timeout` mark; every test
+    of a module that uses the shared Ray cluster is marked `cluster` (`make test` runs those
+    in one process, after the others, which it runs in two)."""
+    on_cluster = {item.module for item in items if "ray_cluster" in item.fixturenames}
     for item in items:
         if item.get_closest_marker("timeout") is None:
             tier = "slow" if item.get_closest_marker("slow") else "fast"
             item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier]))
+        if item.module in on_cluster:
+            item.add_marker(pytest.mark.cluster)
 
 
 def rectangle_mask(height: int, width: int, y1: int, x1: int, y2: int, x2: int) -> np.ndarray:

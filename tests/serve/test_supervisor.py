@@ -205,6 +205,7 @@ async def load_then_stop(server: Server, image: bytes) -> tuple[list[Sent], floa
 
 
 @pytest.mark.slow  # a Ray cluster of its own, a Serve app under load, then SIGTERM
+@pytest.mark.cluster
 def test_sigterm_under_load_drains_every_request_then_exits_0(tiny_export, photo_files, tmp_path):
     server = Server(small_config(tiny_export, free_port()), tiny_export, tmp_path)
     try:
@@ -242,6 +243,7 @@ def test_sigterm_under_load_drains_every_request_then_exits_0(tiny_export, photo
 
 
 @pytest.mark.slow  # a Ray cluster of its own and a Serve app
+@pytest.mark.cluster
 def test_the_proxy_answers_json_without_any_variable_set_and_sigint_stops(tiny_export, tmp_path):
     """With the app at /api, its routes are below /api, and a request to /healthz never
     reaches it: Ray's proxy answers it (plain text, without handray's middleware)."""
