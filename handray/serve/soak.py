@@ -104,6 +104,7 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
 
 
 def running(report: SoakReport, began: float, stop: asyncio.Event) -> bool:
+    """The soak has neither run its length nor been ended early (`kill_in_turn`'s settle)."""
     return time.monotonic() - began < report.seconds and not stop.is_set()
 
 
