@@ -151,6 +151,41 @@ def test_stages_follow_the_old_recipe():
     assert stage_at(load_config("tiny").train, 5) == "all"
 
 
+def spy_on_runs(monkeypatch) -> list[tuple[dict, dict]]:
+    """Record each `train_worker` run's raw weights and averages at its start and end: what
+    the model and the shadows hold, which the checkpoint files are compared with."""
+    runs = []
+    original = loop._Epochs.run
+
+    def snapshot(epochs) -> dict:
+        averages = epochs.averages
+        return {
+            "raw": {v.path: v.numpy() for v in averages.variables},
+            "average": {
+                v.path: s.numpy() for v, s in zip(averages.variables, averages.shadows, strict=True)
+            },
+        }
+
+    def run(epochs):
+        start = snapshot(epochs)
+        original(epochs)
+        runs.append((start, snapshot(epochs)))
+
+    monkeypatch.setattr(loop._Epochs, "run", run)
+    return runs
+
+
+def checkpoint_weights(config, checkpoint) -> tuple[dict, dict]:
+    """weights.h5 and the raw weights of the optimizer file, by variable path."""
+    model = build_model(config, jit_compile=False)
+    load_weights(model, checkpoint / WEIGHTS_FILE)
+    with np.load(checkpoint / OPTIMIZER_FILE) as saved:
+        raw = {
+            k.removeprefix(RAW_PREFIX): saved[k] for k in saved.files if k.startswith(RAW_PREFIX)
+        }
+    return {v.path: v.numpy() for v in model.weights}, raw
+
+
 STAGED_EMA = {"train.ema_decay": 0.9, "train.stages": {"heads": 1, "all": 2}}
 
 
@@ -318,41 +353,6 @@ def test_group_norm_with_adam_trains_and_checkpoints_its_optimizer(short_run):
     fresh = make_optimizer(config.train)
     fresh.build(model.trainable_variables)
     assert restore_optimizer(fresh, collector.checkpoints[0]) == len(fresh.variables)
-
-
-def spy_on_runs(monkeypatch) -> list[tuple[dict, dict]]:
-    """Record each `train_worker` run's raw weights and averages at its start and end: what
-    the model and the shadows hold, which the checkpoint files are compared with."""
-    runs = []
-    original = loop._Epochs.run
-
-    def snapshot(epochs) -> dict:
-        averages = epochs.averages
-        return {
-            "raw": {v.path: v.numpy() for v in averages.variables},
-            "average": {
-                v.path: s.numpy() for v, s in zip(averages.variables, averages.shadows, strict=True)
-            },
-        }
-
-    def run(epochs):
-        start = snapshot(epochs)
-        original(epochs)
-        runs.append((start, snapshot(epochs)))
-
-    monkeypatch.setattr(loop._Epochs, "run", run)
-    return runs
-
-
-def checkpoint_weights(config, checkpoint) -> tuple[dict, dict]:
-    """weights.h5 and the raw weights of the optimizer file, by variable path."""
-    model = build_model(config, jit_compile=False)
-    load_weights(model, checkpoint / WEIGHTS_FILE)
-    with np.load(checkpoint / OPTIMIZER_FILE) as saved:
-        raw = {
-            k.removeprefix(RAW_PREFIX): saved[k] for k in saved.files if k.startswith(RAW_PREFIX)
-        }
-    return {v.path: v.numpy() for v in model.weights}, raw
 
 
 @pytest.mark.slow  # a training run
