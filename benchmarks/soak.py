@@ -104,7 +104,7 @@ def main() -> None:
             )
     finally:
         ray.shutdown()
-    kill = "".join(f", a {k.deployment} replica killed at {k.at:.0f} s" for k in report.kills)
+    kill = "".join(f", one {k.deployment} replica killed at {k.at:.0f} s" for k in report.kills)
     print(
         f"\nSoak: {args.clients} closed-loop clients, {args.minutes:g} min, 2 Ingress + 2 "
         f"HandModel replicas, {os.cpu_count()} CPU cores{kill}"
