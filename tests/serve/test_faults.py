@@ -56,3 +56,13 @@ def test_a_killed_replica_is_replaced_while_requests_keep_succeeding(soak, deplo
 def test_requests_in_flight_on_a_killed_replica_fail_retryably_and_nothing_hangs(soak):
     unmet = [f"{measure}: {value}" for measure, value, met in verdicts(soak) if not met]
     assert not unmet, unmet
+
+
+def test_the_soak_ends_settle_s_after_the_last_replacement(soak):
+    """The load goes on for SETTLE_S after the second replacement and then stops, instead of
+    running the soak's full length (its `seconds` leave room for two slow replacements)."""
+    last = soak.kills[-1]
+    settled = last.at + last.replaced_after_s + SETTLE_S
+    assert max(o.started for o in soak.outcomes) >= settled - 2  # the load went on until then
+    ended = max(o.started + o.seconds for o in soak.outcomes)
+    assert ended <= settled + soak.request_timeout_s + 1 < soak.seconds  # and stopped there
