@@ -92,6 +92,11 @@ async def post(session: aiohttp.ClientSession, url: str, probe: Probe, began: fl
         request = session.post(
             target, data=probe.body, headers={"Content-Type": probe.content_type}
         )
+    return await outcome_of(request, probe, started, began)
+
+
+async def outcome_of(request, probe: Probe, started: float, began: float) -> Outcome:
+    """The outcome of one sent `request` (an aiohttp request context) carrying `probe`."""
     status, json_error, retry_after, timing = None, False, False, None
     try:
         async with request as reply:

@@ -21,12 +21,13 @@ import aiohttp
 import numpy as np
 
 from handray.serve.launcher import ServeProcess, deployments, free_port, shipped_config
-from handray.serve.loadgen import Outcome, Probe, client, probes
+from handray.serve.loadgen import Outcome, Probe, client, outcome_of, probes
 from handray.serve.replicas import replicas, resident_bytes
 
 RSS_EVERY_S = 30
 REPLACED_WITHIN_S = 60
 DEPLOYMENTS = ("Ingress", "HandModel")
+HEALTH_PROBE = Probe("GET /healthz", b"")
 
 
 def _retryable(outcome: Outcome) -> bool:
@@ -50,7 +51,7 @@ class SoakReport:
     seconds: float
     request_timeout_s: float
     outcomes: list[Outcome] = field(default_factory=list)
-    health: list[tuple[float, int | None]] = field(default_factory=list)
+    health: list[Outcome] = field(default_factory=list)  # the /healthz polls
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=lambda: defaultdict(list))
     kills: list[Kill] = field(default_factory=list)
 
@@ -85,8 +86,23 @@ class SoakReport:
         """Requests that waited longer than the proxy's timeout (plus a second of slack)."""
         return [o for o in self.outcomes if o.seconds > self.request_timeout_s + 1]
 
-    def health_failures(self) -> list[tuple[float, int | None]]:
-        return [poll for poll in self.health if poll[1] != 200]
+    def health_failures(self) -> list[Outcome]:
+        """/healthz polls that did not get a 200, except a JSON 503 with Retry-After sent while
+        a killed replica was being replaced: a poll in flight on it is lost like a request."""
+        return [
+            poll
+            for poll in self.health
+            if poll.status != 200 and not (_retryable(poll) and self._replacing(poll))
+        ]
+
+    def _replacing(self, outcome: Outcome) -> bool:
+        """`outcome` was in flight between a kill and its replacement's first reply."""
+        sent, ended = outcome.started, outcome.started + outcome.seconds
+        for kill in self.kills:
+            replaced = kill.at + (kill.replaced_after_s or self.seconds)  # never: to the end
+            if ended >= kill.at and sent <= replaced:
+                return True
+        return False
 
     def rss_growth(self, deployment: str, from_s: float = 120) -> float:
         """Relative RSS growth of the replicas alive at the end, from `from_s` to the end."""
@@ -112,14 +128,8 @@ async def poll_health(url: str, report: SoakReport, began: float, stop: asyncio.
     timeout = aiohttp.ClientTimeout(total=report.request_timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while running(report, began, stop):
-            status = None
-            try:
-                async with session.get(f"{url}/healthz") as reply:
-                    await reply.read()
-                    status = reply.status
-            except (TimeoutError, aiohttp.ClientError):
-                pass
-            report.health.append((time.monotonic() - began, status))
+            request = session.get(f"{url}/healthz")
+            report.health.append(await outcome_of(request, HEALTH_PROBE, time.monotonic(), began))
             await pause(stop, 1)
 
 
@@ -256,6 +266,12 @@ def run_soak(
     return report
 
 
+def describe_polls(polls: list[Outcome], shown: int = 3) -> str:
+    """How many polls, and when the first few were sent and what they got."""
+    seen = [f"{p.status or 'no reply'} at {p.started:.0f} s" for p in polls[:shown]]
+    return f"{len(polls)} ({', '.join(seen)})" if polls else "0"
+
+
 def verdicts(report: SoakReport) -> list[tuple[str, str, bool]]:
     """(measure, value, met) for each target."""
     failures, good = report.failures(), report.good()
@@ -276,7 +292,11 @@ def verdicts(report: SoakReport) -> list[tuple[str, str, bool]]:
             not report.bad_not_4xx_json(),
         ),
         ("requests past the timeout", str(len(report.hung())), not report.hung()),
-        ("/healthz failures", str(len(report.health_failures())), not report.health_failures()),
+        (
+            "/healthz failures",
+            describe_polls(report.health_failures()),
+            not report.health_failures(),
+        ),
     ]
     if not report.killed:
         for deployment in DEPLOYMENTS:
