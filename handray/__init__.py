@@ -20,7 +20,10 @@ __version__ = VERSION
 def load(source: Any, **options: Any) -> ImagePredictor:
     """A predictor for a checkpoint, run or sweep folder, `last`, `best`, an `.h5` file (with
     `preset=`) or an export folder; see `handray.inference.load.load`. TensorFlow loads here,
-    not at `import handray`."""
+    not at `import handray` (and XLA's compilation cache is named before it does)."""
+    from handray.core.xla_cache import use_xla_cache
     from handray.inference.load import load as load_predictor
+
+    use_xla_cache()
 
     return load_predictor(source, **options)

@@ -12,6 +12,7 @@ from pathlib import Path
 from handray.config import LAYER_STAGES, Config
 from handray.core.errors import HandrayError
 from handray.core.version import VERSION
+from handray.core.xla_cache import use_xla_cache
 
 Command = Callable[[argparse.Namespace], int | None]
 
@@ -19,6 +20,7 @@ Command = Callable[[argparse.Namespace], int | None]
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    use_xla_cache()  # before TensorFlow runs anything; Ray workers started here inherit it
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:

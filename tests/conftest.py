@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import tempfile
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from handray.core.xla_cache import use_xla_cache
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Under pytest-xdist each process gets its share of the cores for TensorFlow's op threads:
+# two processes with a pool of two each on two cores ran the first part of `make test` in
+# 442 s, with one each in 364 s (README, "Development"). Read when TensorFlow starts.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, os.cpu_count() // workers)))
+# One XLA compilation cache for the test processes and the Ray workers they start, outside the
+# user's own (~/.cache/handray/xla): a graph compiled by one test loads in the next.
+os.environ.setdefault(
+    "HANDRAY_XLA_CACHE", str(Path(tempfile.gettempdir()) / f"handray-tests-xla-{getpass.getuser()}")
+)
+use_xla_cache()
 
 pytest_plugins = ["tests.backstop"]  # a test its timeout cannot stop still ends the run
 

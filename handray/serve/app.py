@@ -35,6 +35,7 @@ from handray.core.detections import Detections, image_rows
 from handray.core.errors import HandrayError
 from handray.core.exported import ExportedModel, bmp_bytes, first_export
 from handray.core.records import MASK_FORMATS, detection_records
+from handray.core.xla_cache import use_xla_cache
 from handray.serve.batching import Batcher
 from handray.serve.codec import RequestError, UploadLimits, decode_upload, too_large
 from handray.serve.metrics import IngressMetrics, ModelMetrics
@@ -91,6 +92,7 @@ class HandModel:
     """A replica holding one loaded export; concurrent requests are run as one batch."""
 
     def __init__(self, model_dir: str, threads: int | None = None):
+        use_xla_cache()  # a new replica loads the batch sizes others compiled
         import tensorflow as tf
 
         self._tf = tf

@@ -212,6 +212,9 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: its strategy, then the shared loop from the run's newest
     checkpoint (Ray's after a failure, or the newest in the run folder when a run of this name
     is started again) or else from the start weights."""
+    from handray.core.xla_cache import use_xla_cache
+
+    use_xla_cache()  # this node's cache, before TensorFlow runs its first op here
     import ray.train
     import tensorflow as tf
 
