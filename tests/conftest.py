@@ -16,9 +16,10 @@ from pycocotools import mask as mask_utils
 from handray.core.xla_cache import use_xla_cache
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Under pytest-xdist each process gets its share of the cores for TensorFlow's op threads:
-# two processes with a pool of two each on two cores ran the first part of `make test` in
-# 442 s, with one each in 364 s (README, "Development"). Read when TensorFlow starts.
+# Under pytest-xdist each process gets its share of the cores for TensorFlow's op threads, so
+# two processes on two cores do not run four spinning pools (the first part of `make test`:
+# 442 s before, 364-428 s in four runs after, within the spread of runs). Read when
+# TensorFlow starts.
 if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, os.cpu_count() // workers)))
 # One XLA compilation cache for the test processes and the Ray workers they start, outside the
