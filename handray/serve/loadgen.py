@@ -13,6 +13,7 @@ import random
 import struct
 import time
 import zlib
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import aiohttp
@@ -95,7 +96,12 @@ async def post(session: aiohttp.ClientSession, url: str, probe: Probe, began: fl
     return await outcome_of(request, probe, started, began)
 
 
-async def outcome_of(request, probe: Probe, started: float, began: float) -> Outcome:
+async def outcome_of(
+    request: AbstractAsyncContextManager[aiohttp.ClientResponse],
+    probe: Probe,
+    started: float,
+    began: float,
+) -> Outcome:
     """The outcome of one sent `request` (an aiohttp request context) carrying `probe`."""
     status, json_error, retry_after, timing = None, False, False, None
     try:
