@@ -1,6 +1,7 @@
 """What a new process pays before it does useful work: a short training run (as the tests and
-every Ray Train worker start one), the first predictions, and a served export's first batch of
-each size (what a Serve replica warms up). Prints a markdown table of seconds.
+every Ray Train worker start one), the same model's train step compiled with XLA (as a GPU
+worker runs it), the first predictions, and a served export's first batch of each size (what a
+Serve replica warms up). Prints a markdown table of seconds.
 
     .venv/bin/python benchmarks/startup.py [--model-dir models/reference]
 
@@ -61,6 +62,8 @@ def main() -> None:
         generate_dataset(hands, train=8, val=4, size=64, seed=3, workers=1, progress=False)
         _, seconds = timed(lambda: train_worker(config, hands, WorkerContext()))
         rows.append(("train_worker: 2 epochs of 3 steps at 64 px", seconds))
+        step, batch = _xla_train_step(config, hands)
+        rows.append(("train step under XLA: first call", timed(lambda: step(batch))[1]))
 
     tiny = load_config("tiny")
     predictor = Predictor(build_model(tiny), Thresholds.from_config(tiny))
@@ -83,6 +86,22 @@ def main() -> None:
     print("| measure | seconds |\n|---|---|")
     for measure, seconds in rows:
         print(f"| {measure} | {seconds:.1f} |")
+
+
+def _xla_train_step(config, hands: Path) -> tuple[Callable, dict]:
+    """The model's train step compiled with XLA, as a GPU worker runs it, and one batch."""
+    from handray.data.coco import load_dataset
+    from handray.data.pipeline import build_dataset
+    from handray.model import build_model
+    from handray.train.loop import make_optimizer
+    from handray.train.step import make_train_step
+
+    model = build_model(config, jit_compile=True)
+    optimizer = make_optimizer(config.train)
+    optimizer.build(model.trainable_variables)
+    step = make_train_step(model, optimizer, config, jit_compile=True)
+    batch = next(iter(build_dataset(load_dataset(hands, "train"), config, training=True)))
+    return step, batch
 
 
 def _import_everything() -> None:
