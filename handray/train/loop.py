@@ -48,6 +48,7 @@ from handray.model.weights import (
 )
 from handray.train.averaging import WeightAverages
 from handray.train.checkpoint import restore_optimizer, restore_raw_weights, write_checkpoint
+from handray.train.optimizers import FusedAdam
 from handray.train.step import make_train_step, recipe_losses
 
 Report = Callable[[dict[str, float], Path | None], None]
@@ -124,7 +125,8 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     mixed precision.
 
     SGD with momentum is the old recipe (for fine-tuning old weights); Adam and AdamW train
-    a model from scratch far faster on small CPU runs (benchmarks/README.md).
+    a model from scratch far faster on small CPU runs (benchmarks/README.md). Both are
+    `optimizers.FusedAdam`: Keras' update, one kernel per variable.
     """
     if train.lr_schedule == "cosine":
         schedule = WarmupCosineDecay(
@@ -140,10 +142,14 @@ def make_optimizer(train: TrainConfig) -> keras.optimizers.Optimizer:
     # Fixed names: Keras numbers unnamed optimizers (sgd_1, ...) and checkpoints store their
     # variables by path.
     if train.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=train.weight_decay, name="adamw")
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        optimizer = FusedAdam(
+            schedule,
+            weight_decay=train.weight_decay,
+            exclude_from_decay=["gamma", "beta", "bias"],
+            name="adamw",
+        )
     elif train.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(schedule, name="adam")
+        optimizer = FusedAdam(schedule, name="adam")
     else:
         optimizer = keras.optimizers.SGD(schedule, momentum=train.momentum, name="sgd")
     if train.precision == "mixed_float16":  # "auto" never picks float16
