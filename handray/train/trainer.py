@@ -1,9 +1,10 @@
 """Distributed training with Ray Train: workers, checkpoints, failures and resumption.
 
-`TensorflowTrainer` starts one process per worker and sets `TF_CONFIG`, so each worker builds a
-`MultiWorkerMirroredStrategy` and runs `loop.train_worker` on its own shard of the dataset. The
-chief (rank 0) writes a checkpoint each epoch and every rank reports its metrics with
-`ray.train.report`; Ray keeps the checkpoints under `STORAGE/NAME/`.
+Ray Train starts one process per worker and `worker_cluster.MultiWorkerConfig` sets its
+`TF_CONFIG`, so each worker builds a `MultiWorkerMirroredStrategy` and runs `loop.train_worker`
+on its own shard of the dataset. The chief (rank 0) writes a checkpoint each epoch and every
+rank reports its metrics with `ray.train.report`; Ray keeps the checkpoints under
+`STORAGE/NAME/`.
 
 A run is known by its name: starting a run whose folder already holds checkpoints resumes from
 the newest (weights, optimizer and epoch), whether it failed, was interrupted or finished and
@@ -33,6 +34,7 @@ from handray.inference.checkpoints import (
 from handray.train import placement
 from handray.train.driver import check_inputs, new_name, start_driver
 from handray.train.resources import WorkerResources
+from handray.train.worker_cluster import MultiWorkerConfig
 
 TENSORBOARD_DIR = "tensorboard"  # inside the run folder
 TRAINING_WORKERS = WorkerResources(workers=2)  # `handray train`'s default: two one-CPU workers
@@ -171,14 +173,15 @@ def build_trainer(
     callbacks: list | None = None,
     log_prefix: str = "",
 ):
-    """The `TensorflowTrainer` of one run, `STORAGE/NAME`, whose workers run `worker_loop`;
+    """The Ray Train trainer of one run, `STORAGE/NAME`, whose workers run `worker_loop`;
     `callbacks` are Ray Train user callbacks (a Tune trial forwards its reports with one) and
     `log_prefix` starts each progress line (which trial of a sweep it comes from)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    return TensorflowTrainer(
+    return DataParallelTrainer(
         worker_loop,
+        backend_config=MultiWorkerConfig(),
         train_loop_config={
             "config": config.to_dict(),
             "dataset_dir": str(dataset_dir),

@@ -27,6 +27,7 @@ from handray.model.weights import load_weights
 from handray.train.checkpoint import RAW_PREFIX
 from handray.train.resources import WorkerResources
 from handray.train.trainer import run_training
+from handray.train.worker_cluster import MultiWorkerConfig
 from tests.cluster import hold_cpus, still_held
 
 pytestmark = pytest.mark.slow  # a Ray cluster, training runs, a killed worker
@@ -89,11 +90,14 @@ def test_two_workers_keep_identical_weights_and_averages(ray_cluster, hands, tmp
     """After two epochs with weight averaging, both ranks' checkpoints hold the same averaged
     weights (batch-norm moving statistics included) and the same raw weights."""
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     config = small_config(epochs=2, **{"train.ema_decay": 0.9})
-    trainer = TensorflowTrainer(
+    # The backend of `handray train`'s runs: ranks without one TF_CONFIG would each train
+    # alone, and their weights would differ.
+    trainer = DataParallelTrainer(
         every_rank_saves,
+        backend_config=MultiWorkerConfig(),
         train_loop_config={
             "config": config.to_dict(),
             "dataset": str(hands),
