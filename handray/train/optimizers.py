@@ -3,11 +3,11 @@
 Keras 3's Adam writes each variable's update as about twenty small ops, and its AdamW evaluates
 the learning-rate schedule again for every variable it decays. For the `tiny` model's 178
 variables that was over a quarter of the train step's graph (19,238 nodes, 13,668 with this
-optimizer): seconds of tracing and graph
-optimisation in every new process (each test, each Ray Train worker) and per-op overhead in
-every step. `ResourceApplyAdam` computes Keras' update (bias correction included) in one kernel
-per variable, and the decoupled weight decay uses the step's learning rate, computed once.
-The optimizer variables keep Keras' names and shapes, so checkpoints load either way.
+optimizer): seconds of tracing and graph optimisation in every new process (each test, each Ray
+Train worker) and per-op overhead in every step. `ResourceApplyAdam` computes Keras' update
+(bias correction included) in one kernel per variable, and the decoupled weight decay uses the
+step's learning rate, computed once. The optimizer variables keep Keras' names and shapes, so
+checkpoints load either way.
 """
 
 from __future__ import annotations
