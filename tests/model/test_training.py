@@ -17,6 +17,7 @@ from handray.inference.thresholds import Thresholds
 from handray.model import build_model
 from handray.train.loop import make_optimizer
 from handray.train.step import make_train_step
+from tests.model.test_boxes import numpy_iou
 
 pytestmark = pytest.mark.slow  # a training run of minutes
 
@@ -67,9 +68,11 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
         for plain, fast in zip(expected, found, strict=True):
             np.testing.assert_array_equal(fast.class_ids, plain.class_ids)
             # XLA reorders float sums; a box near an FPN level boundary moves a score by ~0.002
-            # and, with two anchor sizes per level, a box corner by up to ~0.9 px and its mask
-            # IoU to ~0.94 (seen once in 4 boxes, 128 px images).
+            # and, with two anchor sizes per level, a box corner by up to 1.5 px (box IoU 0.96)
+            # and its mask IoU to ~0.94 (each seen once in 4 boxes, 128 px images, models of
+            # different runs): boxes and masks are compared by IoU.
             np.testing.assert_allclose(fast.scores, plain.scores, atol=1e-2)
-            np.testing.assert_allclose(fast.boxes, plain.boxes, atol=1.0)
+            ious = [numpy_iou(a, b) for a, b in zip(fast.boxes, plain.boxes, strict=True)]
+            assert min(ious, default=1.0) >= 0.9, ious
             for a, b in zip(fast.masks, plain.masks, strict=True):
                 assert (a & b).sum() >= 0.9 * (a | b).sum()
