@@ -67,11 +67,12 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
         found = Predictor(compiled, thresholds).detect(images)
         for plain, fast in zip(expected, found, strict=True):
             np.testing.assert_array_equal(fast.class_ids, plain.class_ids)
-            # XLA reorders float sums; a box near an FPN level boundary moves a score by ~0.002
-            # and, with two anchor sizes per level, a box corner by up to 1.5 px (box IoU 0.96)
-            # and its mask IoU to ~0.94 (each seen once in 4 boxes, 128 px images, models of
-            # different runs): boxes and masks are compared by IoU.
-            np.testing.assert_allclose(fast.scores, plain.scores, atol=1e-2)
+            # Same weights; XLA reorders float sums, and a box near an FPN level boundary can be
+            # pooled from the other level: its score moved by 0.002 and by 0.021, a corner by
+            # up to 1.5 px (box IoU 0.96) and its mask IoU to ~0.94 (each seen once in 4 boxes
+            # of 128 px images, on models of different runs, whose 400 steps are not bitwise
+            # repeatable): scores within 0.05, boxes and masks compared by IoU.
+            np.testing.assert_allclose(fast.scores, plain.scores, atol=0.05)
             ious = [numpy_iou(a, b) for a, b in zip(fast.boxes, plain.boxes, strict=True)]
             assert min(ious, default=1.0) >= 0.9, ious
             for a, b in zip(fast.masks, plain.masks, strict=True):
