@@ -34,16 +34,21 @@ def compiled_apply(optimizer, variables):
     )
 
 
+def schedule() -> WarmupStepDecay:
+    """A warm-up over 3 steps and a decay at step 4: six steps cross both."""
+    return WarmupStepDecay(0.01, warmup_steps=3, boundaries=[4], factor=0.1)
+
+
 def keras_and_fused(decay: float):
-    schedule = WarmupStepDecay(0.01, warmup_steps=3, boundaries=[4], factor=0.1)
+    rate = schedule()
     if decay:
-        theirs = keras.optimizers.AdamW(schedule, weight_decay=decay, name="adamw")
+        theirs = keras.optimizers.AdamW(rate, weight_decay=decay, name="adamw")
         theirs.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
         ours = FusedAdam(
-            schedule, weight_decay=decay, exclude_from_decay=["gamma", "beta", "bias"], name="adamw"
+            rate, weight_decay=decay, exclude_from_decay=["gamma", "beta", "bias"], name="adamw"
         )
     else:
-        theirs, ours = keras.optimizers.Adam(schedule), FusedAdam(schedule)
+        theirs, ours = keras.optimizers.Adam(rate), FusedAdam(rate)
     return theirs, ours
 
 
@@ -65,7 +70,7 @@ def test_fused_updates_equal_keras_adam_and_adamw(decay):
         np.testing.assert_allclose(mine.numpy(), expected.numpy(), rtol=2e-5, atol=1e-9)
     if decay:  # the decay reached the kernels and spared the excluded variables
         undecayed = make_variables()
-        plain = FusedAdam(WarmupStepDecay(0.01, 3, [4], 0.1))
+        plain = FusedAdam(schedule())
         for step in range(6):
             plain.apply_gradients(zip(gradients(step, undecayed), undecayed, strict=True))
         moved = [
