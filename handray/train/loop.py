@@ -49,6 +49,7 @@ from handray.model.weights import (
 from handray.train.averaging import WeightAverages
 from handray.train.checkpoint import restore_optimizer, restore_raw_weights, write_checkpoint
 from handray.train.optimizers import FusedAdam
+from handray.train.replica_sync import sync_checker
 from handray.train.step import make_train_step, recipe_losses
 
 Report = Callable[[dict[str, float], Path | None], None]
@@ -252,6 +253,7 @@ class _Epochs:
         self.train_batches = iter(self._distribute(train_set, reshuffled, training=True))
         self.val_batches = iter(self._distribute(val_set, reshuffled, training=False))
         self.average_statistics = self._statistics_averager()
+        self.check_in_sync = sync_checker(strategy, self._replicated_variables())
         self.validate = self._distributed(
             lambda batch: recipe_losses(model, batch, config, training=False)
         )
@@ -273,6 +275,7 @@ class _Epochs:
             metrics = self._train_epoch(step)
             if self.context.strategy.num_replicas_in_sync > 1:
                 self.average_statistics()
+                metrics["replicas_in_sync"] = float(self.check_in_sync(epoch + 1))
             with self._averaged_weights():
                 metrics.update(self._validation_losses())
                 if context.is_chief and self._evaluates(epoch):
@@ -350,6 +353,12 @@ class _Epochs:
                 variable.assign(mean)
 
         return tf.function(lambda: strategy.run(replica), autograph=False)
+
+    def _replicated_variables(self) -> list:
+        """What every replica must hold alike: the model (moving statistics included), the
+        optimizer's slots and step, and the weight averages."""
+        shadows = self.averages.shadows if self.averages is not None else []
+        return [*self.model.weights, *self.optimizer.variables, *shadows]
 
     def _validation_losses(self) -> dict[str, float]:
         steps = self.run_config.train.validation_steps
