@@ -33,10 +33,27 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
     model = build_model(config, jit_compile=False)
     step = make_train_step(model, make_optimizer(config.train), config)
     batches = iter(build_dataset(dataset, config, training=True))
-    first = float(step(next(batches))["loss"])
-    for _ in range(STEPS - 1):
-        last = step(next(batches))
-    assert float(last["loss"]) < 0.3 * first
+    first = step(next(batches))
+    last = []  # the last 8 batches: two passes over the 16 images, not one batch's luck
+    for index in range(1, STEPS):
+        losses = step(next(batches))
+        if index >= STEPS - 8:
+            last.append(losses)
+    # The keypoint loss is a cross-entropy against Gaussian targets (`tiny`'s sigma of one
+    # cell), which cannot fall below the targets' own entropy, about 2.8: from 5.3 it ends
+    # near 2.9 and made the total's ratio land on either side of 0.3 between runs. It must
+    # fall, and PCK below judges the poses. Every other loss, summed, must fall to under 0.3
+    # of its start (about 0.07 here).
+    keypoints = "mrcnn_keypoint_loss"
+    others = [name for name in first if name.endswith("_loss") and name != keypoints]
+    assert len(others) >= 6, sorted(first)
+
+    def mean_of_last(names: list[str]) -> float:
+        return float(np.mean([sum(float(losses[name]) for name in names) for losses in last]))
+
+    start = sum(float(first[name]) for name in others)
+    assert mean_of_last(others) < 0.3 * start, (mean_of_last(others), start)
+    assert mean_of_last([keypoints]) < 0.7 * float(first[keypoints])
 
     thresholds = Thresholds.from_config(config)
     predictor = Predictor(model, thresholds)
