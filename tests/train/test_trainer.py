@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import ray.cloudpickle
+import ray
 
 from handray.config import load_config
 from handray.core.errors import HandrayError
@@ -26,10 +26,6 @@ from handray.train.trainer import run_training
 from tests.cluster import hold_cpus, still_held
 
 pytestmark = pytest.mark.slow  # a Ray cluster, training runs, a killed worker
-
-# Workers unpickle this module's worker function by value: pytest imports it by a name
-# worker processes cannot import.
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture(scope="module")
