@@ -82,15 +82,27 @@ def test_tiny_model_overfits_a_small_synthetic_set(tmp_path):
         compiled = build_model(config, jit_compile=mode)
         compiled.set_weights(model.get_weights())
         found = Predictor(compiled, thresholds).detect(images)
+        score_changes = []
         for plain, fast in zip(expected, found, strict=True):
-            np.testing.assert_array_equal(fast.class_ids, plain.class_ids)
-            # Same weights; XLA reorders float sums, and a box near an FPN level boundary can be
-            # pooled from the other level: its score moved by 0.002 and by 0.021, a corner by
-            # up to 1.5 px (box IoU 0.96) and its mask IoU to ~0.94 (each seen once in 4 boxes
-            # of 128 px images, on models of different runs, whose 400 steps are not bitwise
-            # repeatable): scores within 0.05, boxes and masks compared by IoU.
-            np.testing.assert_allclose(fast.scores, plain.scores, atol=0.05)
-            ious = [numpy_iou(a, b) for a, b in zip(fast.boxes, plain.boxes, strict=True)]
-            assert min(ious, default=1.0) >= 0.9, ious
-            for a, b in zip(fast.masks, plain.masks, strict=True):
-                assert (a & b).sum() >= 0.9 * (a | b).sum()
+            score_changes += same_hands(plain, fast)
+        # Same weights, but XLA reorders float sums: a box near an FPN level boundary can be
+        # pooled from the other level, a step change (a score of 0.93 became 0.999, once in
+        # about a dozen runs). One such hand may move; the typical hand must not.
+        assert float(np.median(score_changes)) < 0.01, score_changes
+
+
+def same_hands(plain, fast) -> list[float]:
+    """Match each of `plain`'s hands to `fast`'s best-overlapping one (the score order may
+    differ); both must find the same hands, of the same class, box and mask. Returns each
+    matched hand's score change."""
+    assert len(fast.scores) == len(plain.scores)
+    changes = []
+    for index, box in enumerate(plain.boxes):
+        ious = [numpy_iou(box, other) for other in fast.boxes]
+        match = int(np.argmax(ious))
+        assert ious[match] >= 0.9, ious
+        assert fast.class_ids[match] == plain.class_ids[index]
+        a, b = fast.masks[match], plain.masks[index]
+        assert (a & b).sum() >= 0.9 * (a | b).sum()
+        changes.append(abs(float(fast.scores[match]) - float(plain.scores[index])))
+    return changes
