@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from handray.config import load_config
+from handray.core.local_ray import join_or_start_ray
 from handray.data.coco import annotation_file, load_dataset
 from handray.data.preview import preview_dataset
 from handray.data.synthetic import GENERATOR, generate_dataset
@@ -78,7 +79,7 @@ def run_demo(out: str | Path, workers: int = 2) -> dict[str, Path]:
         print(f"replacing the previous demo run in {out / 'train'}")
         shutil.rmtree(out / "train")
     if not ray.is_initialized():
-        ray.init(num_cpus=workers, log_to_driver=True)
+        join_or_start_ray(num_cpus=workers, log_to_driver=True)
     config = load_config("tiny", DEMO_TRAINING)
     run = run_training(config, data, resources=WorkerResources(workers), name="train", storage=out)
     trained = time.perf_counter()

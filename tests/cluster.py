@@ -1,9 +1,15 @@
 """The shared test cluster's resources: every CPU and GPU free again once a run, a trial or an
-app has ended, or the names of what still holds them."""
+app has ended, or the names of what still holds them; work that holds CPUs, and another
+cluster running beside it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
 import ray
 
@@ -36,3 +42,42 @@ def hold_cpus(cpus: float):
     hog = Hog.options(num_cpus=cpus).remote()
     ray.get(hog.ready.remote(), timeout=60)
     return hog
+
+
+# A plain `ray.init` cluster in its own process: it reports what its own tasks' state-API calls
+# get while another cluster runs (the failure `handray.core.local_ray` protects against), then
+# waits until its stdin closes.
+_BYSTANDER = """
+import sys, ray
+
+@ray.remote(num_cpus=0)
+def ask_the_state_api():
+    from ray.util.state import list_nodes
+    try:
+        return f"answered: {len(list_nodes())} node(s)"
+    except ConnectionError as error:
+        return f"refused: {error}"
+
+ray.init(address="local", num_cpus=1, include_dashboard=False)
+print(ray.get(ask_the_state_api.remote()).replace(chr(10), " "), flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def bystander_cluster() -> Iterator[str]:
+    """Another Ray cluster on this machine, started as a plain `ray.init()` starts one, for as
+    long as the block runs; yields what its own task got from the state API."""
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _BYSTANDER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.stdin.close()  # its driver exits, and with it the cluster it started
+        process.wait(timeout=60)

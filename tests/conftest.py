@@ -179,12 +179,14 @@ def small_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster of our own for the whole session (never one left running on
-    the machine): 4 logical CPUs on this 2-core machine, so a driver-side actor and two
-    one-CPU training workers fit; the dashboard on for Ray's state API; and Serve's proxy with
-    handray's JSON-error middleware, as README starts it; metrics exported every
-    `METRICS_EXPORT_S` and Serve's autoscaling metrics pushed every `SERVE_METRICS_PUSH_S`."""
+    the machine), which knows its own address (`handray.core.local_ray`): 4 logical CPUs on
+    this 2-core machine, so a driver-side actor and two one-CPU training workers fit; the
+    dashboard on for Ray's state API; and Serve's proxy with handray's JSON-error middleware,
+    as README starts it; metrics exported every `METRICS_EXPORT_S` and Serve's autoscaling
+    metrics pushed every `SERVE_METRICS_PUSH_S`."""
     import ray
 
+    from handray.core.local_ray import start_local_ray
     from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
 
     ray.shutdown()
@@ -192,10 +194,9 @@ def ray_cluster():
     for pusher in ("REPLICA", "HANDLE"):  # read by Serve's replicas and proxies
         variable = f"RAY_SERVE_{pusher}_AUTOSCALING_METRIC_PUSH_INTERVAL_S"
         os.environ[variable] = str(SERVE_METRICS_PUSH_S)
-    context = ray.init(
+    context = start_local_ray(
         num_cpus=4,
         include_dashboard=True,
-        address="local",
         log_to_driver=True,
         _system_config={"metrics_report_interval_ms": METRICS_EXPORT_S * 1000},
     )

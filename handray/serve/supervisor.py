@@ -33,6 +33,7 @@ import yaml
 
 from handray.core.errors import HandrayError
 from handray.core.exported import first_export, read_model_card
+from handray.core.local_ray import start_local_ray
 from handray.serve.proxy import CALLBACK, CALLBACK_VARIABLE
 from handray.serve.replicas import REPLICA_PREFIX
 
@@ -73,7 +74,7 @@ def serve_config(
     from ray.serve._private.constants import SERVE_NAMESPACE
 
     if address is None:
-        ray.init(address="local", num_cpus=num_cpus, namespace=SERVE_NAMESPACE)
+        start_local_ray(num_cpus=num_cpus, namespace=SERVE_NAMESPACE)
     else:
         ray.init(address=address, namespace=SERVE_NAMESPACE)
     # After ray.init, which installs its own SIGTERM handlers (a Python one that exits and the

@@ -74,12 +74,15 @@ def new_name(preset: str) -> str:
 
 def start_ray() -> None:
     """Connect to the running Ray cluster (`RAY_ADDRESS`, or one `ray start` began here) or
-    start a local one; its dashboard is on, as Ray Train's cleanup of a killed run (a trial
-    that Tune stops) asks the state API that the dashboard serves."""
+    start a local one that knows its address (`core.local_ray`); its dashboard is on, as Ray
+    Train's cleanup of a killed run (a trial that Tune stops) asks the state API that the
+    dashboard serves."""
     import ray
 
+    from handray.core.local_ray import join_or_start_ray
+
     if not ray.is_initialized():
-        ray.init(include_dashboard=True, log_to_driver=True)
+        join_or_start_ray(include_dashboard=True, log_to_driver=True)
 
 
 def shared_folder(folder: str | os.PathLike, option: str) -> Path:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
 
 import ray
 from ray.train.backend import Backend, BackendConfig
+
+from handray.core.network import address_with_free_port
 
 
 @dataclass
@@ -38,17 +39,6 @@ class _MultiWorkerBackend(Backend):
                 for rank in range(len(worker_group))
             ]
         )
-
-
-def address_with_free_port() -> str:
-    """This process's node address and a port free on it, as `host:port` (`[host]:port` for
-    IPv6), for TensorFlow's collective ops to listen on."""
-    host = ray.util.get_node_ip_address()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
 
 
 def tf_config(addresses: list[str], rank: int) -> dict:

@@ -1,8 +1,10 @@
 """Ray Tune sweeps: the search space, and a real sweep of four Ray Train runs on a local cluster
-whose ASHA stops a trial early, whose best checkpoint loads, and which resumes."""
+whose ASHA stops a trial early, whose best checkpoint loads, and which resumes; run while another
+Ray cluster runs on the machine, which once made such a sweep hang."""
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from handray.inference.checkpoints import load_trained_model, read_state, resolv
 from handray.train.resources import WorkerResources
 from handray.train.search_space import check_search_space, search_space, trial_config
 from handray.train.tune import concurrent_trials
-from tests.cluster import hold_cpus, still_held
+from tests.cluster import bystander_cluster, hold_cpus, still_held
 
 pytestmark = pytest.mark.slow  # a Ray cluster and a Tune sweep
 
@@ -60,8 +62,17 @@ def hands(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_cluster, hands, tmp_path_factory):
-    """A finished sweep, run as a user would: the runs folder, the sweep folder, its command."""
+def bystander(ray_cluster):
+    """Another Ray cluster on the machine for the module's length; what its own task got from
+    the state API."""
+    with bystander_cluster() as report:
+        yield report
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, bystander, hands, tmp_path_factory):
+    """A finished sweep, run as a user would, beside another cluster: the runs folder, the
+    sweep folder, its command."""
     storage = tmp_path_factory.mktemp("runs")
     command = ["tune", "--dataset", str(hands), "--out", str(storage / "tune"), *SWEEP]
     assert main([*command, "--name", "lr"]) == 0
@@ -84,6 +95,27 @@ def test_every_trial_ends_and_asha_stops_the_worst_early(sweep):
     slowest = min(rows, key=lambda row: float(row["learning_rate"]))
     assert slowest["stopped_early"] == "True"
     assert {row["anchors"] for row in rows} == {"hand-small"}
+
+
+@ray.remote(num_cpus=0)
+def nodes_the_state_api_names() -> list[str]:
+    from ray.util.state import list_nodes
+
+    return [node.node_id for node in list_nodes()]
+
+
+def test_beside_another_cluster_the_state_api_still_answers_inside_this_one(sweep, bystander):
+    """Ray Train's placement-group cleaner asks the state API, without an address, whether a
+    run's controller lives. In a plain cluster beside another that call is refused (the
+    bystander's own task, the reference), the cleaner's thread died, the placement group of
+    the trial ASHA stopped was never removed, and the next trial waited for its CPUs for good.
+    The shared cluster, started by `handray.core.local_ray`, answers for itself; the sweep above
+    ran beside the bystander, ended every trial and freed every CPU
+    (`test_the_sweep_leaves_every_cpu_free`)."""
+    assert bystander.startswith("refused: Found multiple active Ray instances"), bystander
+    assert "RAY_ADDRESS" not in os.environ  # only the cluster's processes were told it
+    here = ray.get_runtime_context().get_node_id()
+    assert ray.get(nodes_the_state_api_names.remote(), timeout=120) == [here]
 
 
 def test_best_json_names_the_best_trial_and_its_checkpoint_loads(sweep):

@@ -8,7 +8,8 @@ import sys
 
 import tensorflow as tf
 
-from handray.train.worker_cluster import address_with_free_port, tf_config
+from handray.core.network import address_with_free_port
+from handray.train.worker_cluster import tf_config
 
 
 def test_tensorflows_resolver_reads_the_cluster_and_each_workers_index(monkeypatch):
