@@ -65,12 +65,13 @@ sys.stdin.read()
 
 
 @contextlib.contextmanager
-def bystander_cluster() -> Iterator[str]:
-    """Another Ray cluster on this machine, started as a plain `ray.init()` starts one, for as
-    long as the block runs; yields what its own task got from the state API."""
+def driver_until_closed(script: str) -> Iterator[str]:
+    """A Python driver running `script` in its own process, with no `RAY_ADDRESS`, for as long
+    as the block runs; yields the first line it prints. The script waits for its stdin to
+    close, then exits, and with it any cluster it started."""
     environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     process = subprocess.Popen(
-        [sys.executable, "-c", _BYSTANDER],
+        [sys.executable, "-c", script],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -79,5 +80,11 @@ def bystander_cluster() -> Iterator[str]:
     try:
         yield process.stdout.readline().strip()
     finally:
-        process.stdin.close()  # its driver exits, and with it the cluster it started
+        process.stdin.close()
         process.wait(timeout=60)
+
+
+def bystander_cluster() -> contextlib.AbstractContextManager[str]:
+    """Another Ray cluster on this machine, started as a plain `ray.init()` starts one, for as
+    long as the block runs; yields what its own task got from the state API."""
+    return driver_until_closed(_BYSTANDER)

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.cluster import driver_until_closed
+
 pytestmark = pytest.mark.slow  # two Ray drivers start and join a cluster
 
 # Starts (no RAY_ADDRESS, no `ray start` cluster), then reports its cluster's address and node,
@@ -39,18 +41,11 @@ print(ray.get_runtime_context().get_node_id())
 
 
 def test_a_started_cluster_knows_its_address_and_a_driver_given_it_joins():
-    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    starter = subprocess.Popen(
-        [sys.executable, "-c", STARTER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
-    try:
-        gcs, node, seen_by_task, driver_has = starter.stdout.readline().split()
+    with driver_until_closed(STARTER) as report:
+        gcs, node, seen_by_task, driver_has = report.split()
         assert seen_by_task == gcs  # the cluster's processes know which cluster is theirs
         assert driver_has == "None"  # the driver's own environment is as it was
+        environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
         joined = subprocess.run(
             [sys.executable, "-c", JOINER],
             capture_output=True,
@@ -61,6 +56,3 @@ def test_a_started_cluster_knows_its_address_and_a_driver_given_it_joins():
         )
         assert joined.returncode == 0, joined.stderr[-2000:]
         assert joined.stdout.split()[-1] == node  # joined, not a cluster of its own
-    finally:
-        starter.stdin.close()
-        starter.wait(timeout=60)
