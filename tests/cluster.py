@@ -64,18 +64,22 @@ sys.stdin.read()
 """
 
 
+def environment_without_ray_address() -> dict[str, str]:
+    """This process's environment for a driver that must not join a cluster by `RAY_ADDRESS`."""
+    return {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+
+
 @contextlib.contextmanager
 def driver_until_closed(script: str) -> Iterator[str]:
     """A Python driver running `script` in its own process, with no `RAY_ADDRESS`, for as long
     as the block runs; yields the first line it prints. The script waits for its stdin to
     close, then exits, and with it any cluster it started."""
-    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     process = subprocess.Popen(
         [sys.executable, "-c", script],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env=environment,
+        env=environment_without_ray_address(),
     )
     try:
         yield process.stdout.readline().strip()

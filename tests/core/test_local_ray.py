@@ -5,13 +5,12 @@ in tests/train/test_tune.py, where a sweep runs beside one.)"""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.cluster import driver_until_closed
+from tests.cluster import driver_until_closed, environment_without_ray_address
 
 pytestmark = pytest.mark.slow  # two Ray drivers start and join a cluster
 
@@ -45,14 +44,13 @@ def test_a_started_cluster_knows_its_address_and_a_driver_given_it_joins():
         gcs, node, seen_by_task, driver_has = report.split()
         assert seen_by_task == gcs  # the cluster's processes know which cluster is theirs
         assert driver_has == "None"  # the driver's own environment is as it was
-        environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
         joined = subprocess.run(
             [sys.executable, "-c", JOINER],
             capture_output=True,
             text=True,
             timeout=120,
             # Ray 2.60's local clusters ask clients for their token, as README's users do.
-            env={**environment, "RAY_ADDRESS": gcs, "RAY_AUTH_MODE": "token"},
+            env={**environment_without_ray_address(), "RAY_ADDRESS": gcs, "RAY_AUTH_MODE": "token"},
         )
         assert joined.returncode == 0, joined.stderr[-2000:]
         assert joined.stdout.split()[-1] == node  # joined, not a cluster of its own
